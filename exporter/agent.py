@@ -1,0 +1,210 @@
+"""The agent: assembles the pipeline from a config and runs it until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from exporter.classify import ReasonClassifier
+from exporter.config import Config
+from exporter.discovery.base import DiscoverySource
+from exporter.discovery.file import FileSource
+from exporter.discovery.runner import run_discovery
+from exporter.discovery.static import StaticSource
+from exporter.metrics.collector import TaskStoreCollector
+from exporter.metrics.recorder import Recorder
+from exporter.model import ACTIVE_STATUSES, Status
+from exporter.poller.cycle import PollCycle
+from exporter.poller.ratelimit import RequestBudget
+from exporter.poller.scheduler import build_scheduler
+from exporter.poller.transitions import PollPolicy
+from exporter.store.sqlite import TaskStore
+from exporter.upstream.client import UpstreamClient
+from exporter.web.server import WebServer, build_app
+
+log = logging.getLogger(__name__)
+PRUNE_INTERVAL_SECONDS = 60.0
+IDLE_LOG_INTERVAL_SECONDS = 300.0
+
+
+@dataclass
+class AgentHealth:
+    """What the web server reports on /-/healthy, /-/ready and /."""
+
+    stall_after: float  # seconds without a finished cycle before unhealthy
+    started: float = field(default_factory=time.monotonic)
+    last_cycle_end: float | None = None
+    shutting_down: bool = False
+
+    def cycle_finished(self) -> None:
+        self.last_cycle_end = time.monotonic()
+
+    def ready(self) -> bool:
+        return self.last_cycle_end is not None and not self.shutting_down
+
+    def stalled_for(self) -> float:
+        """Seconds past the stall limit (<= 0 while polling keeps up)."""
+        reference = self.last_cycle_end if self.last_cycle_end is not None else self.started
+        return time.monotonic() - reference - self.stall_after
+
+
+class Agent:
+    def __init__(self, config: Config, api_key: SecretStr, config_source: str = "") -> None:
+        self.config = config
+        self.config_source = config_source
+        self.registry = CollectorRegistry()
+        self.store = TaskStore(config.store.path)
+        self.classifier = ReasonClassifier(config.failure_reasons)
+        self.recorder = Recorder(
+            self.registry,
+            duration_buckets=config.metrics.duration_buckets,
+            pending_buckets=config.metrics.pending_buckets,
+            max_models=config.metrics.max_models,
+            reasons=self.classifier.reasons,
+            budget_rps=config.polling.requests_per_second,
+        )
+        self.recorder.add_models(self.store.models())
+        self.registry.register(TaskStoreCollector(self.store))
+        self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
+        self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
+        polling = config.polling
+        self.client = UpstreamClient(
+            config.api.base_url,
+            api_key,
+            status_path=config.api.status_path,
+            timeout_seconds=config.api.timeout_seconds,
+            max_response_bytes=config.api.max_response_bytes,
+            max_connections=config.api.max_connections,
+        )
+        self.cycle = PollCycle(
+            self.store, self.client, self.classifier, self.recorder,
+            RequestBudget(polling.requests_per_second),
+            PollPolicy(
+                task_interval=polling.task_interval_seconds,
+                max_wait=polling.max_wait_seconds,
+                backoff_base=polling.backoff_base_seconds,
+                backoff_max=polling.backoff_max_seconds,
+            ),
+            workers=config.api.max_connections,
+            # About two cycles' worth of budget: enough to keep the pool busy,
+            # small enough that a cycle ends and the lag is measured.
+            batch_size=max(1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)),
+        )  # fmt: skip
+        self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
+        self._last_idle_log = 0.0
+        self._scheduler = build_scheduler(
+            [
+                ("discovery", self.discover, config.discovery.interval_seconds),
+                ("poll", self.poll, polling.cycle_interval_seconds),
+                ("prune", self.prune, PRUNE_INTERVAL_SECONDS),
+            ]
+        )
+        self._stopped = threading.Event()
+
+    def discover(self) -> None:
+        run_discovery(self.sources, self.store, self.recorder, time.time())
+
+    def poll(self) -> None:
+        self.cycle.run_once()
+        self.health.cycle_finished()
+        self._log_if_idle()
+
+    def prune(self) -> None:
+        removed = self.store.prune(time.time() - self.config.store.retention_seconds)
+        if removed:
+            log.info("forgot %d finished task(s) past the retention", removed)
+
+    def tracked(self) -> int:
+        counts = self.store.count_by_status()
+        return sum(counts.get(status, 0) for status in ACTIVE_STATUSES)
+
+    # The HealthView the web server reads.
+    def healthy(self) -> tuple[bool, str]:
+        stalled = self.health.stalled_for()
+        if stalled > 0:
+            return False, f"unhealthy: no poll cycle finished for {stalled + self.health.stall_after:.0f} s"
+        try:
+            self.store.count_by_status()
+        except Exception as exc:
+            return False, f"unhealthy: the task store cannot be read: {type(exc).__name__}"
+        return True, "Healthy"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.health.shutting_down:
+            return False, "not ready: shutting down"
+        if not self.health.ready():
+            return False, "not ready: the first poll cycle has not run yet"
+        return True, "Ready"
+
+    def summary(self) -> dict[str, int]:
+        counts = self.store.count_by_status()
+        return {status.value: counts.get(status, 0) for status in Status}
+
+    def hint(self) -> str:
+        if self.tracked():
+            return ""
+        return (
+            "No unfinished tasks are tracked, so task metrics will not move. List task IDs in "
+            "the config's `tasks`, or append them to a file named in `discovery.files`."
+        )
+
+    def _log_if_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS or self.tracked():
+            return
+        self._last_idle_log = now
+        log.warning("%s%s", self.hint(), f" Config: {self.config_source}" if self.config_source else "")
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        """Stop taking work, let in-flight polls end within the deadline, close the store."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.shutting_down = True
+        self.cycle.stop()
+        deadline = self.config.polling.shutdown_timeout_seconds
+        finisher = threading.Thread(target=self._scheduler.shutdown, kwargs={"wait": True})
+        finisher.start()
+        finisher.join(deadline)
+        if finisher.is_alive():
+            log.warning("in-flight polls did not finish within %.0f s; abandoning them", deadline)
+        self.client.close()
+        self.store.close()
+
+
+def serve(config: Config, api_key: SecretStr, listen_address: str, config_source: str = "",
+          stop: threading.Event | None = None) -> int:
+    """Run the agent and its web server until SIGINT/SIGTERM (or `stop` is set)."""
+    stop = stop or threading.Event()
+    agent = Agent(config, api_key, config_source)
+    try:
+        web = WebServer(build_app(agent.registry, agent), listen_address)
+    except OSError as exc:
+        agent.store.close()
+        log.error("cannot listen on %s: %s", listen_address, exc.strerror)
+        return 1
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)
+                if threading.current_thread() is threading.main_thread()}  # fmt: skip
+    web.start()
+    agent.start()
+    log.info("listening on %s (metrics at /metrics), polling %s", listen_address,
+             config.api.base_url)  # fmt: skip
+    if not agent.tracked():
+        log.warning("%s", agent.hint())
+    stop.wait()
+    log.info("shutting down")
+    agent.stop()  # /-/ready answers 503 meanwhile
+    web.stop()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,271 @@
+"""The configuration file: its schema, defaults and validation.
+
+Every field is checked by pydantic; unknown fields are errors, so a typo is
+reported instead of silently ignored. `load_config` turns every problem into a
+`ConfigError` that names the file and the field path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exporter.model import valid_task_id
+
+API_KEY_ENV = "LEMONDATA_API_KEY"
+DEFAULT_CONFIG_FILE = "config.yaml"
+DEFAULT_LISTEN_ADDRESS = ":9847"
+
+# 1 s to 1 h, roughly x1.5-2 apart: image tasks take 30-120 s, videos minutes.
+DEFAULT_DURATION_BUCKETS = (
+    1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+DEFAULT_PENDING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_poll_path(value: str | None) -> str | None:
+    """A poll_url must be a path on the API base: the key is never sent elsewhere."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
+        raise ValueError("must be a path on the API base such as /v1/tasks/ID, not a URL")
+    if any(ord(c) < 0x21 or c in "\\#" for c in value) or len(value) > 512:
+        raise ValueError("contains characters not allowed in a poll path")
+    return value
+
+
+class ApiConfig(_Section):
+    base_url: str = "https://api.lemondata.cc"
+    key_file: Path | None = Field(
+        default=None, description=f"file holding the API key; else ${API_KEY_ENV} is used"
+    )
+    status_path: str = "/v1/images/generations/{task_id}"
+    timeout_seconds: PositiveSeconds = 10.0
+    max_response_bytes: int = Field(default=1_048_576, ge=1024)
+    max_connections: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://api.lemondata.cc")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ValueError("must not contain credentials, a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("status_path")
+    @classmethod
+    def _status_path(cls, value: str) -> str:
+        if "{task_id}" not in value:
+            raise ValueError("must contain {task_id}")
+        check_poll_path(value.replace("{task_id}", "x"))
+        return value
+
+
+class PollingConfig(_Section):
+    cycle_interval_seconds: PositiveSeconds = 1.0
+    task_interval_seconds: PositiveSeconds = 5.0
+    requests_per_second: PositiveSeconds = 5.0
+    max_wait_seconds: PositiveSeconds = 1800.0
+    backoff_base_seconds: PositiveSeconds = 2.0
+    backoff_max_seconds: PositiveSeconds = 300.0
+    shutdown_timeout_seconds: PositiveSeconds = 10.0
+
+
+class StoreConfig(_Section):
+    path: Path = Path("lemondata-exporter.db")
+    retention_seconds: PositiveSeconds = 86400.0
+
+
+class StaticTask(_Section):
+    id: str
+    model: str | None = None
+    poll_url: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not valid_task_id(value):
+            raise ValueError("task IDs are 1-128 characters of A-Z a-z 0-9 . _ : -")
+        return value
+
+    @field_validator("poll_url")
+    @classmethod
+    def _poll_url(cls, value: str | None) -> str | None:
+        return check_poll_path(value)
+
+
+class FileSource(_Section):
+    path: Path
+    name: str = Field(default="file", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class DiscoveryConfig(_Section):
+    interval_seconds: PositiveSeconds = 2.0
+    files: list[FileSource] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DiscoveryConfig:
+        paths = [str(f.path) for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("the same file is listed twice")
+        return self
+
+
+class FailureReason(_Section):
+    reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+DEFAULT_FAILURE_REASONS = (
+    FailureReason(
+        reason="content_policy",
+        pattern=r"(?i)content[ _-]?(policy|filter|moderation)|safety|nsfw|moderat|"
+        r"inappropriate|prohibited|violat",
+    ),
+    FailureReason(reason="quota", pattern=r"(?i)quota|insufficient[ _-]?(balance|funds|credit)|billing|payment"),
+    FailureReason(reason="rate_limited", pattern=r"(?i)rate[ _-]?limit|too many requests|\b429\b"),
+    FailureReason(reason="timeout", pattern=r"(?i)time[ _-]?d?[ _-]?out|deadline exceeded"),
+    FailureReason(
+        reason="invalid_request",
+        pattern=r"(?i)invalid|unsupported|not supported|bad request|malformed|too long|"
+        r"must be|required",
+    ),
+    FailureReason(
+        reason="upstream_error",
+        pattern=r"(?i)internal|server error|upstream|provider|unavailable|overloaded|\b5\d\d\b",
+    ),
+)  # fmt: skip
+
+
+class MetricsConfig(_Section):
+    duration_buckets: list[PositiveSeconds] = list(DEFAULT_DURATION_BUCKETS)
+    pending_buckets: list[PositiveSeconds] = list(DEFAULT_PENDING_BUCKETS)
+    max_models: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("duration_buckets", "pending_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if not value or any(b >= a for a, b in zip(value[1:], value, strict=False)):
+            raise ValueError("must be a non-empty list of strictly increasing numbers")
+        return value
+
+
+class Config(_Section):
+    api: ApiConfig = ApiConfig()
+    polling: PollingConfig = PollingConfig()
+    store: StoreConfig = StoreConfig()
+    tasks: list[StaticTask] = []
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    failure_reasons: list[FailureReason] = list(DEFAULT_FAILURE_REASONS)
+    metrics: MetricsConfig = MetricsConfig()
+    log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("api"), dict):
+            for field in ("key", "api_key", "token"):
+                if field in data["api"]:
+                    raise ValueError(
+                        f"api.{field}: the API key must not be written in the config file; "
+                        f"set ${API_KEY_ENV} or api.key_file"
+                    )
+        return data
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def parse_config(data: Any, source: str) -> Config:
+    """Validate already-parsed YAML; raises ConfigError naming every bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}: {_field_path(error['loc'])}: {message}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse_config(data, str(path))
+
+
+def read_api_key(config: Config, environ: dict[str, str] | None = None) -> SecretStr | None:
+    """The API key from $LEMONDATA_API_KEY or api.key_file; None if neither is set."""
+    env = os.environ if environ is None else environ
+    if config.api.key_file is not None:
+        try:
+            key = config.api.key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [f"api.key_file: cannot read {config.api.key_file}: {exc.strerror}"]
+            ) from None
+        if not key:
+            raise ConfigError([f"api.key_file: {config.api.key_file} is empty"])
+        return SecretStr(key)
+    key = env.get(API_KEY_ENV, "").strip()
+    return SecretStr(key) if key else None

@@ -1,0 +1,152 @@
+"""Domain types shared by every stage of the pipeline.
+
+Nothing here does I/O: discovery produces `DiscoveredTask`, the store keeps
+`Task`, the upstream client produces `PollOutcome`, and the poller turns the
+two into a `TaskUpdate`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Last seen status of a tracked task."""
+
+    UNKNOWN = "unknown"  # not yet answered by the API
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # 404 async_task_not_found
+    TIMEOUT = "timeout"  # the agent gave up after polling.max_wait_seconds
+
+
+ACTIVE_STATUSES = (Status.UNKNOWN, Status.PENDING, Status.PROCESSING)
+FINISHED_STATUSES = (
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.EXPIRED,
+    Status.TIMEOUT,
+)
+
+# Task IDs end up in URLs and in the store, never in labels. Upstream IDs look
+# like `img_abc123` or `ldtask_...`; anything outside this set is refused.
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def valid_task_id(task_id: str) -> bool:
+    return bool(TASK_ID_PATTERN.match(task_id))
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredTask:
+    """A task ID offered by a discovery source."""
+
+    task_id: str
+    source: str
+    model: str | None = None
+    poll_url: str | None = None  # a path on the API base, checked by discovery
+
+
+@dataclass(slots=True)
+class Task:
+    """A tracked task as the store keeps it."""
+
+    task_id: str
+    source: str
+    model: str | None
+    poll_url: str | None
+    status: Status
+    discovered_at: float
+    next_poll_at: float
+    created: float | None = None  # upstream `created`, unix seconds
+    first_seen: float | None = None  # first usable answer
+    last_polled: float | None = None  # last request that got any answer
+    processing_seen: float | None = None
+    attempts: int = 0
+    consecutive_errors: int = 0
+    finished_at: float | None = None
+    duration_seconds: float | None = None
+    reason: str | None = None
+    error_message: str | None = None  # raw upstream text, for people; never a label
+    last_error: str | None = None  # last poll problem, for people
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """The useful fields of a 200 status response, already type-checked."""
+
+    status: str  # raw value; may be one we do not know
+    created: float | None = None
+    updated: float | None = None
+    model: str | None = None
+    error: str | None = None
+    cancelled: bool = False
+    progress: float | None = None
+
+
+class OutcomeKind(StrEnum):
+    """What a status request came back with. Values are `api_errors_total` kinds."""
+
+    REPORT = "report"  # a parsed 200 body
+    NOT_FOUND = "not_found"  # 404 async_task_not_found
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    PAYMENT_REQUIRED = "payment_required"
+    CLIENT_ERROR = "client_error"  # other 4xx
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    INVALID_RESPONSE = "invalid_response"
+    RESPONSE_TOO_LARGE = "response_too_large"
+    REDIRECT = "redirect"  # never followed: the key must not leave the API base
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    limit: float | None = None
+    remaining: float | None = None
+    reset: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """Result of one status request, whatever happened."""
+
+    kind: OutcomeKind
+    code: int | None = None  # HTTP status; None when no response came
+    report: StatusReport | None = None
+    retry_after: float | None = None
+    rate_limit: RateLimitInfo | None = None
+    latency: float = 0.0
+    detail: str = ""  # short, secret-free description for logs and the store
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    status: Status
+    duration: float | None = None  # created -> finished; None when not measurable
+    exact: bool = False  # True when taken from the API's `updated`
+    uncertainty: float | None = None  # when not exact: how late it may have been seen
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    status: Status
+    next_poll_at: float
+    consecutive_errors: int
+    created: float | None
+    model: str | None
+    first_seen: float | None
+    processing_seen: float | None
+    last_polled: float | None
+    pending_seconds: float | None = None  # to observe now (first sight of processing)
+    finish: Finish | None = None
+    error_kind: str | None = None  # an `api_errors_total` kind found in a 200 body
+    last_error: str | None = None

@@ -1,0 +1,150 @@
+"""What one poll outcome does to a task. Pure: no I/O, no clock, no randomness.
+
+`decide` is the single place where an upstream answer becomes a new task
+state: status mapping, finishing, durations, backoff and the max-wait timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import replace as _replace
+
+from exporter.model import (
+    Finish,
+    OutcomeKind,
+    PollOutcome,
+    Status,
+    StatusReport,
+    Task,
+    TaskUpdate,
+)
+from exporter.poller.backoff import backoff_delay, retry_after_delay
+
+UNKNOWN_STATUS_KIND = "unknown_status"
+# Statuses the API documents; anything else is counted and polled again.
+_REPORTED_STATUSES = {
+    "pending": Status.PENDING,
+    "processing": Status.PROCESSING,
+    "completed": Status.COMPLETED,
+    "failed": Status.FAILED,
+}
+# Durations are observed for tasks that ran to an end upstream.
+_TIMED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    task_interval: float = 5.0
+    max_wait: float = 1800.0
+    backoff_base: float = 2.0
+    backoff_max: float = 300.0
+    # Upstream clocks may run ahead of ours; beyond this a timestamp is bogus.
+    clock_skew: float = 300.0
+
+
+def decide(task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
+           ) -> TaskUpdate:
+    """The task's next state after `outcome`, observed at `now`."""
+    answered = outcome.code is not None
+    base = TaskUpdate(
+        status=task.status,
+        next_poll_at=now + policy.task_interval,
+        consecutive_errors=0,
+        created=task.created,
+        model=task.model,
+        first_seen=task.first_seen,
+        processing_seen=task.processing_seen,
+        last_polled=now if answered else task.last_polled,
+    )
+    if outcome.kind is OutcomeKind.REPORT and outcome.report is not None:
+        update = _apply_report(task, outcome.report, now, policy, jitter, base)
+    elif outcome.kind is OutcomeKind.NOT_FOUND:
+        update = _replace(base, status=Status.EXPIRED, finish=Finish(Status.EXPIRED))
+    else:
+        update = _after_error(task, outcome, now, policy, jitter, base)
+    return _maybe_time_out(task, update, now, policy)
+
+
+def _apply_report(task: Task, report: StatusReport, now: float, policy: PollPolicy,
+                  jitter: float, base: TaskUpdate) -> TaskUpdate:
+    created = task.created if task.created is not None else _valid_created(report.created, now,
+                                                                           policy)
+    model = task.model or report.model
+    first_seen = task.first_seen if task.first_seen is not None else now
+    status = _REPORTED_STATUSES.get(report.status)
+    if status is None:
+        errors = task.consecutive_errors + 1
+        return _replace(
+            base, created=created, model=model, first_seen=first_seen,
+            consecutive_errors=errors,
+            next_poll_at=now + backoff_delay(errors, policy.backoff_base, policy.backoff_max,
+                                             jitter),
+            error_kind=UNKNOWN_STATUS_KIND,
+            last_error=f"unknown status {report.status[:40]!r}",
+        )  # fmt: skip
+    if status is Status.FAILED and report.cancelled:
+        status = Status.CANCELLED
+    processing_seen = task.processing_seen
+    pending_seconds = None
+    if status is Status.PROCESSING and processing_seen is None:
+        processing_seen = now
+        if created is not None:
+            pending_seconds = max(0.0, now - created)
+    finish = None
+    if status in _TIMED_STATUSES:
+        duration, exact, uncertainty = completion_duration(
+            created, report.updated, task.last_polled, now, policy.clock_skew
+        )
+        finish = Finish(status, duration, exact, uncertainty, report.error)
+    return _replace(
+        base, status=status, created=created, model=model, first_seen=first_seen,
+        processing_seen=processing_seen, pending_seconds=pending_seconds, finish=finish,
+    )  # fmt: skip
+
+
+def _after_error(task: Task, outcome: PollOutcome, now: float, policy: PollPolicy,
+                 jitter: float, base: TaskUpdate) -> TaskUpdate:
+    errors = task.consecutive_errors + 1
+    if outcome.kind is OutcomeKind.RATE_LIMITED:
+        delay = retry_after_delay(outcome.retry_after, errors, policy.backoff_base,
+                                  policy.backoff_max, jitter)
+    else:
+        delay = backoff_delay(errors, policy.backoff_base, policy.backoff_max, jitter)
+    return _replace(base, consecutive_errors=errors, next_poll_at=now + delay,
+                    last_error=outcome.detail or outcome.kind.value)
+
+
+def _maybe_time_out(task: Task, update: TaskUpdate, now: float, policy: PollPolicy
+                    ) -> TaskUpdate:
+    if update.finish is not None:
+        return update
+    start = update.created if update.created is not None else task.discovered_at
+    if now - start < policy.max_wait:
+        return update
+    return _replace(update, status=Status.TIMEOUT, finish=Finish(Status.TIMEOUT))
+
+
+def completion_duration(
+    created: float | None,
+    updated: float | None,
+    last_polled: float | None,
+    now: float,
+    clock_skew: float,
+) -> tuple[float | None, bool, float | None]:
+    """(duration, exact, uncertainty) of a task first seen finished at `now`.
+
+    Exact when the API's `updated` is plausible; otherwise the moment the agent
+    saw the finish, which may be up to the time since the previous poll late.
+    """
+    if created is None:
+        return None, False, None
+    if updated is not None and created <= updated <= now + clock_skew:
+        return updated - created, True, 0.0
+    since = last_polled if last_polled is not None and last_polled >= created else created
+    return max(0.0, now - created), False, max(0.0, now - since)
+
+
+def _valid_created(created: float | None, now: float, policy: PollPolicy) -> float | None:
+    if created is None or created > now + policy.clock_skew:
+        return None
+    return created

@@ -1,0 +1,140 @@
+"""The HTTP server: /metrics, a landing page, and health endpoints.
+
+A thin WSGI dispatcher; `/metrics` is prometheus-client's own app (content
+negotiation for OpenMetrics, gzip, `name[]` filtering).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from exporter import __version__
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class HealthView(Protocol):
+    """What the server needs to know about the agent, and nothing more."""
+
+    def healthy(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def summary(self) -> dict[str, int]:
+        """Tasks in the store by status, for the landing page."""
+        ...
+
+    def hint(self) -> str:
+        """A line for the landing page, e.g. why there are no task metrics."""
+        ...
+
+
+def build_app(registry: CollectorRegistry, health: HealthView) -> WSGIApp:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/-/healthy":
+            return _plain(start_response, *health.healthy())
+        if path == "/-/ready":
+            return _plain(start_response, *health.ready())
+        if path == "/":
+            return _landing(start_response, health)
+        return _plain(start_response, False, "not found", status="404 Not Found")
+
+    return app
+
+
+def _plain(start_response: StartResponse, ok: bool, text: str, status: str = "") -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(
+        status or ("200 OK" if ok else "503 Service Unavailable"),
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
+    rows = "".join(
+        f"<tr><td>{html.escape(status)}</td><td>{count}</td></tr>"
+        for status, count in health.summary().items()
+    )
+    hint = health.hint()
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>LemonData exporter</title></head>
+<body>
+<h1>LemonData exporter</h1>
+<p>Version {html.escape(__version__)}</p>
+{f'<p class="hint"><strong>{html.escape(hint)}</strong></p>' if hint else ""}
+<ul>
+<li><a href="metrics">Metrics</a></li>
+<li><a href="-/healthy">Health</a></li>
+<li><a href="-/ready">Readiness</a></li>
+</ul>
+<h2>Tasks in the store</h2>
+<table><tr><th>status</th><th>tasks</th></tr>{rows}</table>
+</body></html>
+"""
+    body = page.encode()
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`host:port`, `:port` or `[::1]:port` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address {address!r}: expected host:port, e.g. :9847")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class WebServer:
+    def __init__(self, app: WSGIApp, address: str) -> None:
+        host, port = parse_listen_address(address)
+        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        self._server = make_server(
+            host, port, app, server_class=server_class, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
