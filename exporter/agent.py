@@ -83,7 +83,10 @@ class Agent:
             max_connections=config.api.max_connections,
         )
         self.cycle = PollCycle(
-            self.store, self.client, self.classifier, self.recorder,
+            self.store,
+            self.client,
+            self.classifier,
+            self.recorder,
             RequestBudget(polling.requests_per_second),
             PollPolicy(
                 task_interval=polling.task_interval_seconds,
@@ -94,8 +97,10 @@ class Agent:
             workers=config.api.max_connections,
             # About two cycles' worth of budget: enough to keep the pool busy,
             # small enough that a cycle ends and the lag is measured.
-            batch_size=max(1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)),
-        )  # fmt: skip
+            batch_size=max(
+                1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)
+            ),
+        )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
         self._scheduler = build_scheduler(
@@ -128,7 +133,10 @@ class Agent:
     def healthy(self) -> tuple[bool, str]:
         stalled = self.health.stalled_for()
         if stalled > 0:
-            return False, f"unhealthy: no poll cycle finished for {stalled + self.health.stall_after:.0f} s"
+            return (
+                False,
+                f"unhealthy: no poll cycle finished for {stalled + self.health.stall_after:.0f} s",
+            )
         try:
             self.store.count_by_status()
         except Exception as exc:
@@ -159,7 +167,9 @@ class Agent:
         if now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS or self.tracked():
             return
         self._last_idle_log = now
-        log.warning("%s%s", self.hint(), f" Config: {self.config_source}" if self.config_source else "")
+        log.warning(
+            "%s%s", self.hint(), f" Config: {self.config_source}" if self.config_source else ""
+        )
 
     def start(self) -> None:
         self._scheduler.start()
@@ -181,8 +191,13 @@ class Agent:
         self.store.close()
 
 
-def serve(config: Config, api_key: SecretStr, listen_address: str, config_source: str = "",
-          stop: threading.Event | None = None) -> int:
+def serve(
+    config: Config,
+    api_key: SecretStr,
+    listen_address: str,
+    config_source: str = "",
+    stop: threading.Event | None = None,
+) -> int:
     """Run the agent and its web server until SIGINT/SIGTERM (or `stop` is set)."""
     stop = stop or threading.Event()
     agent = Agent(config, api_key, config_source)
@@ -192,13 +207,16 @@ def serve(config: Config, api_key: SecretStr, listen_address: str, config_source
         agent.store.close()
         log.error("cannot listen on %s: %s", listen_address, exc.strerror)
         return 1
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)
-                if threading.current_thread() is threading.main_thread()}  # fmt: skip
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread()
+    }
     web.start()
     agent.start()
-    log.info("listening on %s (metrics at /metrics), polling %s", listen_address,
-             config.api.base_url)  # fmt: skip
+    log.info(
+        "listening on %s (metrics at /metrics), polling %s", listen_address, config.api.base_url
+    )
     if not agent.tracked():
         log.warning("%s", agent.hint())
     stop.wait()

@@ -23,8 +23,9 @@ COMMANDS = ("run", "simulate", "demo", "check-config")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help",
-                                                                                "--version")):
+    if not args_list or (
+        args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")
+    ):
         args_list.insert(0, "run")  # `run` is the default command
     args = _parser().parse_args(args_list)
     return int(args.handler(args))
@@ -40,11 +41,19 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the exporter (the default command)")
     _config_flag(run)
-    run.add_argument("--web.listen-address", dest="listen_address",
-                     default=DEFAULT_LISTEN_ADDRESS, help="host:port to serve on (default %(default)s)")  # fmt: skip
-    run.add_argument("--log.level", dest="log_level", default=None,
-                     choices=["debug", "info", "warning", "error"],
-                     help="overrides log_level from the config")  # fmt: skip
+    run.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        help="host:port to serve on (default %(default)s)",
+    )
+    run.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="overrides log_level from the config",
+    )
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
@@ -68,8 +77,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG_FILE,
-                        help="configuration file (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=DEFAULT_CONFIG_FILE,
+        help="configuration file (default %(default)s)",
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -80,8 +93,10 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    print(f"{args.config_file}: OK ({len(config.tasks)} static task(s), "
-          f"{len(config.discovery.files)} watched file(s))")  # fmt: skip
+    print(
+        f"{args.config_file}: OK ({len(config.tasks)} static task(s), "
+        f"{len(config.discovery.files)} watched file(s))"
+    )
     return 0
 
 

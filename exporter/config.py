@@ -32,8 +32,28 @@ DEFAULT_LISTEN_ADDRESS = ":9847"
 
 # 1 s to 1 h, roughly x1.5-2 apart: image tasks take 30-120 s, videos minutes.
 DEFAULT_DURATION_BUCKETS = (
-    1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600,
-)  # fmt: skip
+    1,
+    2,
+    5,
+    10,
+    15,
+    20,
+    30,
+    45,
+    60,
+    90,
+    120,
+    180,
+    240,
+    300,
+    450,
+    600,
+    900,
+    1200,
+    1800,
+    2700,
+    3600,
+)
 DEFAULT_PENDING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -162,7 +182,10 @@ DEFAULT_FAILURE_REASONS = (
         pattern=r"(?i)content[ _-]?(policy|filter|moderation)|safety|nsfw|moderat|"
         r"inappropriate|prohibited|violat",
     ),
-    FailureReason(reason="quota", pattern=r"(?i)quota|insufficient[ _-]?(balance|funds|credit)|billing|payment"),
+    FailureReason(
+        reason="quota",
+        pattern=r"(?i)quota|insufficient[ _-]?(balance|funds|credit)|billing|payment",
+    ),
     FailureReason(reason="rate_limited", pattern=r"(?i)rate[ _-]?limit|too many requests|\b429\b"),
     FailureReason(reason="timeout", pattern=r"(?i)time[ _-]?d?[ _-]?out|deadline exceeded"),
     FailureReason(
@@ -174,7 +197,7 @@ DEFAULT_FAILURE_REASONS = (
         reason="upstream_error",
         pattern=r"(?i)internal|server error|upstream|provider|unavailable|overloaded|\b5\d\d\b",
     ),
-)  # fmt: skip
+)
 
 
 class MetricsConfig(_Section):

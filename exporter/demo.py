@@ -25,17 +25,27 @@ from exporter.simulator import Simulator, SimulatorSettings
 log = logging.getLogger(__name__)
 DEMO_KEY = "sk-demo-local-only"
 DEMO_MODELS = (
-    ("image", "flux-pro"), ("image", "flux-schnell"), ("image", "dall-e-3"),
-    ("image", "midjourney"), ("image", "gpt-image-1"), ("video", "veo-3"),
-)  # fmt: skip
+    ("image", "flux-pro"),
+    ("image", "flux-schnell"),
+    ("image", "dall-e-3"),
+    ("image", "midjourney"),
+    ("image", "gpt-image-1"),
+    ("video", "veo-3"),
+)
 
 
 class TaskFeeder:
     """Creates tasks on an API and appends them, as JSON lines, to a file."""
 
-    def __init__(self, base_url: str, api_key: str, path: Path, rate: float,
-                 models: tuple[tuple[str, str], ...] = DEMO_MODELS, seed: int | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        path: Path,
+        rate: float,
+        models: tuple[tuple[str, str], ...] = DEMO_MODELS,
+        seed: int | None = None,
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._path = path
         self._interval = 1.0 / rate
@@ -79,14 +89,30 @@ class TaskFeeder:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--web.listen-address", dest="listen_address",
-                        default=DEFAULT_LISTEN_ADDRESS, help="exporter address (default %(default)s)")  # fmt: skip
-    parser.add_argument("--time-scale", type=float, default=10.0,
-                        help="simulated seconds per real second (default %(default)s)")  # fmt: skip
-    parser.add_argument("--tasks-per-second", type=float, default=1.0,
-                        help="how fast the feeder creates tasks (default %(default)s)")  # fmt: skip
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where the store and the task file go (default: a temporary folder)")  # fmt: skip
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        help="exporter address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=10.0,
+        help="simulated seconds per real second (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tasks-per-second",
+        type=float,
+        default=1.0,
+        help="how fast the feeder creates tasks (default %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the store and the task file go (default: a temporary folder)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for a repeatable run")
 
 
@@ -98,24 +124,35 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir or Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
         task_file = data_dir / "tasks.jsonl"
-        simulator = Simulator(SimulatorSettings(port=0, api_keys=(DEMO_KEY,),
-                                                time_scale=args.time_scale, seed=args.seed))  # fmt: skip
+        simulator = Simulator(
+            SimulatorSettings(
+                port=0, api_keys=(DEMO_KEY,), time_scale=args.time_scale, seed=args.seed
+            )
+        )
         simulator.start()
-        feeder = TaskFeeder(simulator.url, DEMO_KEY, task_file, args.tasks_per_second,
-                            seed=args.seed)  # fmt: skip
+        feeder = TaskFeeder(
+            simulator.url, DEMO_KEY, task_file, args.tasks_per_second, seed=args.seed
+        )
         feeder.start()
         config = parse_config(
             {
                 "api": {"base_url": simulator.url},
-                "polling": {"cycle_interval_seconds": 0.5, "task_interval_seconds": 1.0,
-                            "requests_per_second": 20},
+                "polling": {
+                    "cycle_interval_seconds": 0.5,
+                    "task_interval_seconds": 1.0,
+                    "requests_per_second": 20,
+                },
                 "store": {"path": str(data_dir / "store.db")},
                 "discovery": {"interval_seconds": 1.0, "files": [{"path": str(task_file)}]},
             },
             "demo",
-        )  # fmt: skip
-        log.info("demo: simulator at %s (time x%g), tasks appended to %s", simulator.url,
-                 args.time_scale, task_file)  # fmt: skip
+        )
+        log.info(
+            "demo: simulator at %s (time x%g), tasks appended to %s",
+            simulator.url,
+            args.time_scale,
+            task_file,
+        )
         try:
             return serve(config, SecretStr(DEMO_KEY), args.listen_address, "demo")
         finally:

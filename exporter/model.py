@@ -90,6 +90,10 @@ class StatusReport:
     progress: float | None = None
 
 
+# An `api_errors_total` kind that is not an outcome: a 200 with a status we do not know.
+UNKNOWN_STATUS_KIND = "unknown_status"
+
+
 class OutcomeKind(StrEnum):
     """What a status request came back with. Values are `api_errors_total` kinds."""
 

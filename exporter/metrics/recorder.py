@@ -16,7 +16,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import FINISHED_STATUSES, OutcomeKind, PollOutcome, TaskUpdate
+from exporter.model import (
+    FINISHED_STATUSES,
+    UNKNOWN_STATUS_KIND,
+    OutcomeKind,
+    PollOutcome,
+    TaskUpdate,
+)
 
 UNKNOWN_MODEL = "unknown"
 OTHER_MODEL = "other"
@@ -26,8 +32,9 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 API_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 UNCERTAINTY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
-API_ERROR_KINDS = tuple(k.value for k in OutcomeKind if k is not OutcomeKind.REPORT) + (
-    "unknown_status",
+API_ERROR_KINDS = (
+    *(k.value for k in OutcomeKind if k is not OutcomeKind.REPORT),
+    UNKNOWN_STATUS_KIND,
 )
 # A usable answer, even if not good news: the API is reachable and takes the key.
 _API_ANSWERED = (OutcomeKind.REPORT, OutcomeKind.NOT_FOUND, OutcomeKind.RATE_LIMITED)
@@ -72,75 +79,99 @@ class Recorder:
         self._initialised_models: set[str] = set()
         self._lock = threading.Lock()
         self.finished = Counter(
-            "lemondata_tasks_finished", "Tasks that reached a finished status.",
-            ["model", "status"], registry=registry,
-        )  # fmt: skip
+            "lemondata_tasks_finished",
+            "Tasks that reached a finished status.",
+            ["model", "status"],
+            registry=registry,
+        )
         self.failures = Counter(
             "lemondata_task_failures",
             "Failed tasks by the reason classified from their error text.",
-            ["model", "reason"], registry=registry,
-        )  # fmt: skip
+            ["model", "reason"],
+            registry=registry,
+        )
         self.duration = Histogram(
             "lemondata_task_duration_seconds",
             "Time from a task's creation to its finish (exact when the API sends `updated`).",
-            ["model", "status"], buckets=duration_buckets, registry=registry,
-        )  # fmt: skip
+            ["model", "status"],
+            buckets=duration_buckets,
+            registry=registry,
+        )
         self.uncertainty = Histogram(
             "lemondata_task_duration_uncertainty_seconds",
             "For durations measured without `updated`: how late the finish may have been seen "
             "(time since the previous poll).",
-            buckets=UNCERTAINTY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            buckets=UNCERTAINTY_BUCKETS,
+            registry=registry,
+        )
         self.pending = Histogram(
             "lemondata_task_pending_seconds",
             "Time from a task's creation to the first poll that saw it processing.",
-            ["model"], buckets=pending_buckets, registry=registry,
-        )  # fmt: skip
+            ["model"],
+            buckets=pending_buckets,
+            registry=registry,
+        )
         self.discovered = Counter(
-            "lemondata_tasks_discovered", "New tasks added to the store, by discovery source.",
-            ["source"], registry=registry,
-        )  # fmt: skip
+            "lemondata_tasks_discovered",
+            "New tasks added to the store, by discovery source.",
+            ["source"],
+            registry=registry,
+        )
         self.discovery_errors = Counter(
             "lemondata_discovery_errors",
             "Discovery reads or entries that could not be used, by source.",
-            ["source"], registry=registry,
-        )  # fmt: skip
+            ["source"],
+            registry=registry,
+        )
         self.api_requests = Counter(
-            "lemondata_api_requests", "Status requests sent upstream, by HTTP status code "
-            "(`none` when no response came).", ["code"], registry=registry,
-        )  # fmt: skip
+            "lemondata_api_requests",
+            "Status requests sent upstream, by HTTP status code (`none` when no response came).",
+            ["code"],
+            registry=registry,
+        )
         self.api_latency = Histogram(
-            "lemondata_api_request_duration_seconds", "Latency of status requests.",
-            buckets=API_LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "lemondata_api_request_duration_seconds",
+            "Latency of status requests.",
+            buckets=API_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.api_errors = Counter(
-            "lemondata_api_errors", "Status requests that failed or gave an unusable answer.",
-            ["kind"], registry=registry,
-        )  # fmt: skip
+            "lemondata_api_errors",
+            "Status requests that failed or gave an unusable answer.",
+            ["kind"],
+            registry=registry,
+        )
         for kind in API_ERROR_KINDS:
             self.api_errors.labels(kind)
         self.cycles = Counter("lemondata_poll_cycles", "Poll cycles run.", registry=registry)
         self.cycle_duration = Histogram(
-            "lemondata_poll_cycle_duration_seconds", "Wall time of a poll cycle.",
-            buckets=CYCLE_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "lemondata_poll_cycle_duration_seconds",
+            "Wall time of a poll cycle.",
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
         self.last_cycle = Gauge(
             "lemondata_last_poll_cycle_timestamp_seconds",
-            "When the last poll cycle ended (unix time).", registry=registry,
-        )  # fmt: skip
+            "When the last poll cycle ended (unix time).",
+            registry=registry,
+        )
         self.poll_lag = Gauge(
             "lemondata_poll_lag_seconds",
             "In the last poll cycle, how long the most overdue task had been due; "
-            "it grows when the request budget is too small.", registry=registry,
-        )  # fmt: skip
+            "it grows when the request budget is too small.",
+            registry=registry,
+        )
         Gauge(
             "lemondata_poll_budget_requests_per_second",
-            "Configured budget of status requests per second.", registry=registry,
-        ).set(budget_rps)  # fmt: skip
+            "Configured budget of status requests per second.",
+            registry=registry,
+        ).set(budget_rps)
         Gauge(
-            "lemondata_exporter_build_info", "Version of the exporter; always 1.",
-            ["version"], registry=registry,
-        ).labels(__version__).set(1)  # fmt: skip
+            "lemondata_exporter_build_info",
+            "Version of the exporter; always 1.",
+            ["version"],
+            registry=registry,
+        ).labels(__version__).set(1)
         self.last_seen = LastSeenValues()
         registry.register(self.last_seen)
 
@@ -230,14 +261,27 @@ class LastSeenValues(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, help_text, value in (
-            ("lemondata_api_up", "1 if the last poll cycle got a usable answer from the API "
-             "(absent until the first answer).", self.api_up),
-            ("lemondata_api_rate_limit_limit",
-             "X-RateLimit-Limit of the last response that had it.", self._limit),
-            ("lemondata_api_rate_limit_remaining",
-             "X-RateLimit-Remaining of the last response that had it.", self._remaining),
-            ("lemondata_api_rate_limit_reset_timestamp_seconds",
-             "X-RateLimit-Reset (unix time) of the last response that had it.", self._reset),
-        ):  # fmt: skip
+            (
+                "lemondata_api_up",
+                "1 if the last poll cycle got a usable answer from the API "
+                "(absent until the first answer).",
+                self.api_up,
+            ),
+            (
+                "lemondata_api_rate_limit_limit",
+                "X-RateLimit-Limit of the last response that had it.",
+                self._limit,
+            ),
+            (
+                "lemondata_api_rate_limit_remaining",
+                "X-RateLimit-Remaining of the last response that had it.",
+                self._remaining,
+            ),
+            (
+                "lemondata_api_rate_limit_reset_timestamp_seconds",
+                "X-RateLimit-Reset (unix time) of the last response that had it.",
+                self._reset,
+            ),
+        ):
             if value is not None:
                 yield GaugeMetricFamily(name, help_text, value=value)

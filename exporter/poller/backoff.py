@@ -14,8 +14,9 @@ def backoff_delay(errors: int, base: float, cap: float, jitter: float) -> float:
     return step * (0.5 + 0.5 * jitter)
 
 
-def retry_after_delay(retry_after: float | None, errors: int, base: float, cap: float,
-                      jitter: float) -> float:
+def retry_after_delay(
+    retry_after: float | None, errors: int, base: float, cap: float, jitter: float
+) -> float:
     """A 429 waits what the server asked, or backs off if it did not say."""
     if retry_after is not None and retry_after >= 0:
         return max(retry_after, 0.1)

@@ -129,8 +129,10 @@ class PollCycle:
 
     def _note_account_problem(self, outcome: PollOutcome) -> None:
         problem = outcome.kind if outcome.kind in _ACCOUNT_PROBLEMS else None
-        if problem is self._account_problem or outcome.kind not in (*_ACCOUNT_PROBLEMS,
-                                                                   *_RECOVERED):
+        if problem is self._account_problem or outcome.kind not in (
+            *_ACCOUNT_PROBLEMS,
+            *_RECOVERED,
+        ):
             return
         if problem is not None:
             log.error("%s", _ACCOUNT_PROBLEMS[problem])

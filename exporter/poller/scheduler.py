@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -21,14 +21,18 @@ def build_scheduler(jobs: list[tuple[str, Callable[[], object], float]]) -> Back
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=max(2, len(jobs)))},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone=timezone.utc,
+        timezone=UTC,
     )
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, function, interval in jobs:
         scheduler.add_job(
-            _guarded(name, function), "interval", seconds=interval, id=name, name=name,
+            _guarded(name, function),
+            "interval",
+            seconds=interval,
+            id=name,
+            name=name,
             next_run_time=now,
-        )  # fmt: skip
+        )
     # Skipped overlapping runs are expected under a tight budget; the metrics say so.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     return scheduler

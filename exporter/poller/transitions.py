@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from dataclasses import replace as _replace
 
 from exporter.model import (
+    UNKNOWN_STATUS_KIND,
     Finish,
     OutcomeKind,
     PollOutcome,
@@ -20,7 +21,6 @@ from exporter.model import (
 )
 from exporter.poller.backoff import backoff_delay, retry_after_delay
 
-UNKNOWN_STATUS_KIND = "unknown_status"
 # Statuses the API documents; anything else is counted and polled again.
 _REPORTED_STATUSES = {
     "pending": Status.PENDING,
@@ -42,8 +42,9 @@ class PollPolicy:
     clock_skew: float = 300.0
 
 
-def decide(task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
-           ) -> TaskUpdate:
+def decide(
+    task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
+) -> TaskUpdate:
     """The task's next state after `outcome`, observed at `now`."""
     answered = outcome.code is not None
     base = TaskUpdate(
@@ -65,23 +66,33 @@ def decide(task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jit
     return _maybe_time_out(task, update, now, policy)
 
 
-def _apply_report(task: Task, report: StatusReport, now: float, policy: PollPolicy,
-                  jitter: float, base: TaskUpdate) -> TaskUpdate:
-    created = task.created if task.created is not None else _valid_created(report.created, now,
-                                                                           policy)
+def _apply_report(
+    task: Task,
+    report: StatusReport,
+    now: float,
+    policy: PollPolicy,
+    jitter: float,
+    base: TaskUpdate,
+) -> TaskUpdate:
+    created = (
+        task.created if task.created is not None else _valid_created(report.created, now, policy)
+    )
     model = task.model or report.model
     first_seen = task.first_seen if task.first_seen is not None else now
     status = _REPORTED_STATUSES.get(report.status)
     if status is None:
         errors = task.consecutive_errors + 1
         return _replace(
-            base, created=created, model=model, first_seen=first_seen,
+            base,
+            created=created,
+            model=model,
+            first_seen=first_seen,
             consecutive_errors=errors,
-            next_poll_at=now + backoff_delay(errors, policy.backoff_base, policy.backoff_max,
-                                             jitter),
+            next_poll_at=now
+            + backoff_delay(errors, policy.backoff_base, policy.backoff_max, jitter),
             error_kind=UNKNOWN_STATUS_KIND,
             last_error=f"unknown status {report.status[:40]!r}",
-        )  # fmt: skip
+        )
     if status is Status.FAILED and report.cancelled:
         status = Status.CANCELLED
     processing_seen = task.processing_seen
@@ -97,25 +108,41 @@ def _apply_report(task: Task, report: StatusReport, now: float, policy: PollPoli
         )
         finish = Finish(status, duration, exact, uncertainty, report.error)
     return _replace(
-        base, status=status, created=created, model=model, first_seen=first_seen,
-        processing_seen=processing_seen, pending_seconds=pending_seconds, finish=finish,
-    )  # fmt: skip
+        base,
+        status=status,
+        created=created,
+        model=model,
+        first_seen=first_seen,
+        processing_seen=processing_seen,
+        pending_seconds=pending_seconds,
+        finish=finish,
+    )
 
 
-def _after_error(task: Task, outcome: PollOutcome, now: float, policy: PollPolicy,
-                 jitter: float, base: TaskUpdate) -> TaskUpdate:
+def _after_error(
+    task: Task,
+    outcome: PollOutcome,
+    now: float,
+    policy: PollPolicy,
+    jitter: float,
+    base: TaskUpdate,
+) -> TaskUpdate:
     errors = task.consecutive_errors + 1
     if outcome.kind is OutcomeKind.RATE_LIMITED:
-        delay = retry_after_delay(outcome.retry_after, errors, policy.backoff_base,
-                                  policy.backoff_max, jitter)
+        delay = retry_after_delay(
+            outcome.retry_after, errors, policy.backoff_base, policy.backoff_max, jitter
+        )
     else:
         delay = backoff_delay(errors, policy.backoff_base, policy.backoff_max, jitter)
-    return _replace(base, consecutive_errors=errors, next_poll_at=now + delay,
-                    last_error=outcome.detail or outcome.kind.value)
+    return _replace(
+        base,
+        consecutive_errors=errors,
+        next_poll_at=now + delay,
+        last_error=outcome.detail or outcome.kind.value,
+    )
 
 
-def _maybe_time_out(task: Task, update: TaskUpdate, now: float, policy: PollPolicy
-                    ) -> TaskUpdate:
+def _maybe_time_out(task: Task, update: TaskUpdate, now: float, policy: PollPolicy) -> TaskUpdate:
     if update.finish is not None:
         return update
     start = update.created if update.created is not None else task.discovered_at

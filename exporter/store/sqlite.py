@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
 
@@ -70,9 +71,7 @@ class TaskStore:
             self._db.execute("PRAGMA busy_timeout=5000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer version (schema {version})"
-                )
+                raise StoreError(f"{self.path} was written by a newer version (schema {version})")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
@@ -112,9 +111,16 @@ class TaskStore:
                 cursor = db.execute(
                     "INSERT INTO tasks (task_id, source, model, poll_url, status, discovered_at,"
                     " next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (task.task_id, task.source, task.model, task.poll_url, Status.UNKNOWN.value,
-                     now, now),
-                )  # fmt: skip
+                    (
+                        task.task_id,
+                        task.source,
+                        task.model,
+                        task.poll_url,
+                        Status.UNKNOWN.value,
+                        now,
+                        now,
+                    ),
+                )
                 if cursor.rowcount:
                     added.append(task)
             if source_state is not None:
@@ -146,16 +152,22 @@ class TaskStore:
                 " duration_seconds = ?, reason = ?, error_message = ?"
                 " WHERE task_id = ? AND finished_at IS NULL",
                 (
-                    update.status.value, update.next_poll_at, update.consecutive_errors,
-                    update.created, update.model, update.first_seen, update.processing_seen,
-                    update.last_polled, update.last_error,
+                    update.status.value,
+                    update.next_poll_at,
+                    update.consecutive_errors,
+                    update.created,
+                    update.model,
+                    update.first_seen,
+                    update.processing_seen,
+                    update.last_polled,
+                    update.last_error,
                     now if finish else None,
                     finish.duration if finish else None,
                     reason,
                     finish.error_message if finish else None,
                     task_id,
                 ),
-            )  # fmt: skip
+            )
             return cursor.rowcount == 1
 
     def get(self, task_id: str) -> Task | None:
@@ -206,7 +218,7 @@ class TaskStore:
         return row[0] if row else None
 
 
-def _task(row: tuple[object, ...]) -> Task:
+def _task(row: tuple[Any, ...]) -> Task:
     values = list(row)
     values[4] = Status(values[4])
-    return Task(*values)  # type: ignore[arg-type]
+    return Task(*values)

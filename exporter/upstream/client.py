@@ -94,7 +94,9 @@ class UpstreamClient:
         try:
             body = self._read_body(response, started + self._timeout)
         except _BodyTooLarge:
-            return self._outcome(OutcomeKind.RESPONSE_TOO_LARGE, response, started, "body too large")
+            return self._outcome(
+                OutcomeKind.RESPONSE_TOO_LARGE, response, started, "body too large"
+            )
         except _BodyTooSlow:
             return self._outcome(OutcomeKind.TIMEOUT, response, started, "body too slow")
         except requests.RequestException as exc:

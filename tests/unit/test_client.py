@@ -18,9 +18,15 @@ def client() -> UpstreamClient:
 
 @responses.activate
 def test_report_and_rate_limit_headers(client: UpstreamClient) -> None:
-    responses.get(f"{BASE}/v1/images/generations/img_1", json={"status": "processing"},
-                  headers={"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "998",
-                           "X-RateLimit-Reset": "1706000060"})  # fmt: skip
+    responses.get(
+        f"{BASE}/v1/images/generations/img_1",
+        json={"status": "processing"},
+        headers={
+            "X-RateLimit-Limit": "1000",
+            "X-RateLimit-Remaining": "998",
+            "X-RateLimit-Reset": "1706000060",
+        },
+    )
     outcome = client.fetch_status("img_1")
     assert outcome.kind is OutcomeKind.REPORT and outcome.code == 200
     assert outcome.report is not None and outcome.report.status == "processing"
@@ -48,10 +54,12 @@ def test_poll_url_is_a_path_on_the_base(client: UpstreamClient) -> None:
     ],
 )
 @responses.activate
-def test_http_outcomes(client: UpstreamClient, status: int, payload: object,
-                       kind: OutcomeKind) -> None:  # fmt: skip
-    responses.get(f"{BASE}/v1/images/generations/t", json=payload, status=status,
-                  headers={"Retry-After": "7"})  # fmt: skip
+def test_http_outcomes(
+    client: UpstreamClient, status: int, payload: object, kind: OutcomeKind
+) -> None:
+    responses.get(
+        f"{BASE}/v1/images/generations/t", json=payload, status=status, headers={"Retry-After": "7"}
+    )
     outcome = client.fetch_status("t")
     assert outcome.kind is kind
     assert outcome.code == status
@@ -61,16 +69,21 @@ def test_http_outcomes(client: UpstreamClient, status: int, payload: object,
 
 @responses.activate
 def test_redirect_is_not_followed(client: UpstreamClient) -> None:
-    responses.get(f"{BASE}/v1/images/generations/t", status=302,
-                  headers={"Location": "https://evil.test/steal"})  # fmt: skip
+    responses.get(
+        f"{BASE}/v1/images/generations/t",
+        status=302,
+        headers={"Location": "https://evil.test/steal"},
+    )
     assert client.fetch_status("t").kind is OutcomeKind.REDIRECT
     assert len(responses.calls) == 1
 
 
 @responses.activate
 def test_body_over_the_cap_is_refused(client: UpstreamClient) -> None:
-    responses.get(f"{BASE}/v1/images/generations/t",
-                  body=json.dumps({"status": "failed", "error": "x" * 10_000}))  # fmt: skip
+    responses.get(
+        f"{BASE}/v1/images/generations/t",
+        body=json.dumps({"status": "failed", "error": "x" * 10_000}),
+    )
     assert client.fetch_status("t").kind is OutcomeKind.RESPONSE_TOO_LARGE
 
 

@@ -27,7 +27,9 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_every_problem_names_file_and_field(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 polling:
   requests_per_second: 0
   typo_field: 1
@@ -40,12 +42,19 @@ metrics:
 failure_reasons:
   - reason: broken
     pattern: "(unclosed"
-""")
+""",
+    )
     found = problems(path)
     assert all(p.startswith(f"{path}: ") for p in found)
     text = "\n".join(found)
-    for field in ("polling.requests_per_second", "polling.typo_field", "tasks[0].id",
-                  "tasks[1].poll_url", "metrics.duration_buckets", "failure_reasons[0].pattern"):
+    for field in (
+        "polling.requests_per_second",
+        "polling.typo_field",
+        "tasks[0].id",
+        "tasks[1].poll_url",
+        "metrics.duration_buckets",
+        "failure_reasons[0].pattern",
+    ):
         assert field in text, field
 
 
@@ -73,5 +82,5 @@ def test_api_key_from_env_or_file(tmp_path: Path) -> None:
     with_file = load_config(write(tmp_path, f"api:\n  key_file: {key_file}\n"))
     assert read_api_key(with_file, {}).get_secret_value() == "sk-file"  # type: ignore[union-attr]
     missing = load_config(write(tmp_path, f"api:\n  key_file: {tmp_path / 'none'}\n"))
-    with pytest.raises(ConfigError, match="api.key_file"):
+    with pytest.raises(ConfigError, match=r"api\.key_file"):
         read_api_key(missing, {})

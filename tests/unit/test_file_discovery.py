@@ -1,20 +1,25 @@
 import json
 from pathlib import Path
 
+from exporter.config import StaticTask
 from exporter.discovery.file import FileSource
 from exporter.discovery.static import StaticSource
-from exporter.config import StaticTask
 
 
 def test_reads_plain_and_json_lines_as_the_file_grows(tmp_path: Path) -> None:
     path = tmp_path / "tasks.txt"
     source = FileSource(path)
     assert source.discover(None).tasks == []  # not created yet
-    path.write_text("img_1\n# comment\n\n" + json.dumps(
-        {"task_id": "vid_2", "model": "veo-3", "poll_url": "/v1/tasks/vid_2"}) + "\nimg_3")
+    path.write_text(
+        "img_1\n# comment\n\n"
+        + json.dumps({"task_id": "vid_2", "model": "veo-3", "poll_url": "/v1/tasks/vid_2"})
+        + "\nimg_3"
+    )
     first = source.discover(None)
     assert [(t.task_id, t.model, t.poll_url) for t in first.tasks] == [
-        ("img_1", None, None), ("vid_2", "veo-3", "/v1/tasks/vid_2")]
+        ("img_1", None, None),
+        ("vid_2", "veo-3", "/v1/tasks/vid_2"),
+    ]
     with path.open("a") as handle:
         handle.write("\nimg_4\n")
     second = source.discover(first.state)
@@ -24,8 +29,14 @@ def test_reads_plain_and_json_lines_as_the_file_grows(tmp_path: Path) -> None:
 
 def test_bad_entries_are_reported_not_fatal(tmp_path: Path) -> None:
     path = tmp_path / "tasks.jsonl"
-    lines = ["bad id!", '{"task_id": 5}', '{"task_id": "a", "poll_url": "https://evil/x"}',
-             "{not json", "x" * 5000, "good_1"]
+    lines = [
+        "bad id!",
+        '{"task_id": 5}',
+        '{"task_id": "a", "poll_url": "https://evil/x"}',
+        "{not json",
+        "x" * 5000,
+        "good_1",
+    ]
     path.write_text("\n".join(lines) + "\n")
     batch = FileSource(path).discover(None)
     assert [t.task_id for t in batch.tasks] == ["good_1"]

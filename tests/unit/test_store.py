@@ -5,9 +5,17 @@ from exporter.store.sqlite import TaskStore
 
 
 def update(status: Status, finish: Finish | None = None, next_poll_at: float = 200.0) -> TaskUpdate:
-    return TaskUpdate(status=status, next_poll_at=next_poll_at, consecutive_errors=0, created=90.0,
-                      model="flux", first_seen=100.0, processing_seen=None, last_polled=100.0,
-                      finish=finish)  # fmt: skip
+    return TaskUpdate(
+        status=status,
+        next_poll_at=next_poll_at,
+        consecutive_errors=0,
+        created=90.0,
+        model="flux",
+        first_seen=100.0,
+        processing_seen=None,
+        last_polled=100.0,
+        finish=finish,
+    )
 
 
 def test_add_is_idempotent_and_survives_reopen(tmp_path: Path) -> None:
@@ -41,7 +49,11 @@ def test_finish_happens_once(tmp_path: Path) -> None:
     task = store.get("a")
     assert task is not None
     assert (task.status, task.finished_at, task.reason, task.error_message) == (
-        Status.FAILED, 101.0, "unknown", "boom")
+        Status.FAILED,
+        101.0,
+        "unknown",
+        "boom",
+    )
     assert not store.apply("missing", done, 102.0, None)
 
 

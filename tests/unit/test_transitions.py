@@ -7,8 +7,13 @@ NOW = 1_700_000_100.0
 
 def task(**changes: object) -> Task:
     values: dict[str, object] = dict(
-        task_id="img_1", source="config", model=None, poll_url=None, status=Status.UNKNOWN,
-        discovered_at=NOW - 50, next_poll_at=NOW,
+        task_id="img_1",
+        source="config",
+        model=None,
+        poll_url=None,
+        status=Status.UNKNOWN,
+        discovered_at=NOW - 50,
+        next_poll_at=NOW,
     )
     values.update(changes)
     return Task(**values)  # type: ignore[arg-type]
@@ -59,7 +64,9 @@ def test_updated_before_created_or_in_future_is_ignored() -> None:
 
 
 def test_failed_keeps_error_and_cancelled_is_its_own_status() -> None:
-    failed = decide(task(created=NOW - 10), report("failed", error="content policy"), NOW, POLICY, 0)
+    failed = decide(
+        task(created=NOW - 10), report("failed", error="content policy"), NOW, POLICY, 0
+    )
     assert failed.finish is not None and failed.finish.status is Status.FAILED
     assert failed.finish.error_message == "content policy"
     cancelled = decide(task(), report("failed", cancelled=True, error="x"), NOW, POLICY, 0)
@@ -68,8 +75,9 @@ def test_failed_keeps_error_and_cancelled_is_its_own_status() -> None:
 
 
 def test_not_found_expires() -> None:
-    update = decide(task(status=Status.PROCESSING), PollOutcome(OutcomeKind.NOT_FOUND, 404), NOW,
-                    POLICY, 0)  # fmt: skip
+    update = decide(
+        task(status=Status.PROCESSING), PollOutcome(OutcomeKind.NOT_FOUND, 404), NOW, POLICY, 0
+    )
     assert update.status is Status.EXPIRED
     assert update.finish is not None and update.finish.duration is None
 
@@ -87,8 +95,9 @@ def test_errors_back_off_exponentially_and_429_waits_retry_after() -> None:
     update = decide(failing, PollOutcome(OutcomeKind.SERVER_ERROR, 503), NOW, POLICY, 0.0)
     assert update.consecutive_errors == 4
     assert update.next_poll_at == NOW + 8  # 2 * 2**3, lower half of jitter
-    limited = decide(task(), PollOutcome(OutcomeKind.RATE_LIMITED, 429, retry_after=17), NOW,
-                     POLICY, 0.9)  # fmt: skip
+    limited = decide(
+        task(), PollOutcome(OutcomeKind.RATE_LIMITED, 429, retry_after=17), NOW, POLICY, 0.9
+    )
     assert limited.next_poll_at == NOW + 17
     assert limited.last_polled == NOW
     network = decide(task(), PollOutcome(OutcomeKind.CONNECTION), NOW, POLICY, 0)
