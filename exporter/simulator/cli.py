@@ -1,0 +1,168 @@
+"""The `simulate` subcommand: runs the simulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from exporter.simulator.app import Simulator
+from exporter.simulator.faults import FAULT_NAMES, FaultConfigError, parse_fault_flag
+from exporter.simulator.settings import (
+    DEFAULT_API_KEY,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    SimulatorSettings,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"where the simulated API listens (default {DEFAULT_LISTEN_ADDRESS}; port 0 = any)",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help=f"an accepted API key, repeatable (default: only {DEFAULT_API_KEY!r})",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="divide task durations and retention by this (60: a 90 s task takes 1.5 s)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for task plans and ids")
+    parser.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        default=1000,
+        help="requests per key per real minute, 0 = unlimited (default 1000)",
+    )
+    parser.add_argument(
+        "--retention-seconds",
+        type=float,
+        default=3600.0,
+        help="simulated seconds a finished task stays readable before 404 (default 3600)",
+    )
+    parser.add_argument(
+        "--lost-fraction",
+        type=float,
+        default=0.02,
+        help="fraction of tasks that vanish (404) before finishing (default 0.02)",
+    )
+    parser.add_argument(
+        "--fault",
+        dest="faults",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="enable a fault: NAME, NAME=PROBABILITY or NAME=JSON-OBJECT, repeatable; "
+        f"names: {', '.join(FAULT_NAMES)}",
+    )
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default info")
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6-host]:port` or `:port` (all interfaces)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address needs a port: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad port in listen address {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in listen address {text!r}")
+    return host or "0.0.0.0", port
+
+
+def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
+    """Raises ValueError (FaultConfigError included) on bad flags."""
+    host, port = parse_listen_address(args.listen_address)
+    faults: dict[str, object] = {}
+    for flag in args.faults or []:
+        name, value = parse_fault_flag(flag)
+        faults[name] = value
+    return SimulatorSettings(
+        host=host,
+        port=port,
+        api_keys=tuple(args.api_keys) if args.api_keys else (DEFAULT_API_KEY,),
+        time_scale=args.time_scale,
+        seed=args.seed,
+        rate_limit_per_minute=args.rate_limit_per_minute,
+        retention_seconds=args.retention_seconds,
+        lost_fraction=args.lost_fraction,
+        faults=faults,
+    )
+
+
+def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Serves until SIGINT/SIGTERM (or until `stop` is set); returns an exit code."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = settings_from_args(args)
+        simulator = Simulator(settings)
+    except (ValueError, FaultConfigError) as exc:
+        logger.error("invalid simulator settings: %s", exc)
+        return 2
+    try:
+        simulator.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s: %s", args.listen_address, exc)
+        return 1
+    stop = stop or threading.Event()
+    previous = _install_signal_handlers(stop)
+    logger.info(
+        "simulator listening on %s (time scale %g, seed %d, %d API key(s), faults: %s)",
+        simulator.url,
+        settings.time_scale,
+        simulator.seed,
+        len(settings.api_keys),
+        ", ".join(simulator.faults()) or "none",
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        _restore_signal_handlers(previous)
+        simulator.stop()
+        logger.info("simulator stopped")
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # signals can only be handled in the main thread
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, on_signal)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
