@@ -1,0 +1,73 @@
+"""The example Alertmanager configuration: amtool check, routing and inhibition."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.monitoring.support import ALERTMANAGER_CONFIG, REPO, alerts, load_yaml, require_tool
+
+AMTOOL_HINT = "Debian package prometheus-alertmanager"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("amtool", hint=AMTOOL_HINT)
+    return subprocess.run(
+        [tool, *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_amtool_check_config() -> None:
+    result = amtool("check-config", str(ALERTMANAGER_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=LemonDataAPIDown", "severity=critical"], "lemondata-critical"),
+        (["alertname=LemonDataPollLagHigh", "severity=warning"], "lemondata-warning"),
+        (["alertname=Other"], "lemondata-warning"),
+    ],
+)
+def test_routing_by_severity(labels: list[str], receiver: str) -> None:
+    result = amtool(
+        "config",
+        "routes",
+        "test",
+        "--config.file",
+        str(ALERTMANAGER_CONFIG),
+        f"--verify.receivers={receiver}",
+        *labels,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grouping_and_webhooks() -> None:
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    assert {"alertname", "model"} <= set(config["route"]["group_by"])
+    for receiver in config["receivers"]:
+        hooks = receiver.get("webhook_configs", [])
+        assert hooks, f"{receiver['name']} has no webhook"
+        assert all(hook.get("send_resolved") for hook in hooks)
+
+
+def test_inhibition_names_real_alerts() -> None:
+    names = [alert["alert"] for alert in alerts()]
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    assert config["inhibit_rules"]
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            match = re.fullmatch(r'(\w+)\s*(=~|!~|=|!=)\s*"?([^"]*)"?', matcher)
+            assert match, matcher
+            label, op, value = match.groups()
+            if label != "alertname" or op.startswith("!"):
+                continue
+            pattern = re.compile(value)
+            hits = [name for name in names if pattern.fullmatch(name)]
+            assert hits, f"{matcher} matches no alert"
+        assert "job" in rule["equal"]
+    sources = {m for rule in config["inhibit_rules"] for m in rule["source_matchers"]}
+    assert any("LemonDataExporterDown" in matcher for matcher in sources)
