@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
 from exporter.classify import ReasonClassifier
@@ -59,6 +59,8 @@ class Agent:
         self.config = config
         self.config_source = config_source
         self.registry = CollectorRegistry()
+        for standard in (ProcessCollector, PlatformCollector, GCCollector):
+            standard(registry=self.registry)
         self.store = TaskStore(config.store.path)
         self.classifier = ReasonClassifier(config.failure_reasons)
         self.recorder = Recorder(

@@ -184,9 +184,10 @@ DEFAULT_FAILURE_REASONS = (
     ),
     FailureReason(
         reason="quota",
-        pattern=r"(?i)quota|insufficient[ _-]?(balance|funds|credit)|billing|payment",
+        pattern=r"(?i)quota|insufficient[ _-]?(balance|funds|credits?)|billing|payment|"
+        r"spending limit|out of credits",
     ),
-    FailureReason(reason="rate_limited", pattern=r"(?i)rate[ _-]?limit|too many requests|\b429\b"),
+    FailureReason(reason="rate_limited", pattern=r"(?i)rate[ _-]?limit|too many|\b429\b"),
     FailureReason(reason="timeout", pattern=r"(?i)time[ _-]?d?[ _-]?out|deadline exceeded"),
     FailureReason(
         reason="invalid_request",
@@ -195,7 +196,8 @@ DEFAULT_FAILURE_REASONS = (
     ),
     FailureReason(
         reason="upstream_error",
-        pattern=r"(?i)internal|server error|upstream|provider|unavailable|overloaded|\b5\d\d\b",
+        pattern=r"(?i)internal|server error|upstream|provider|unavailable|overloaded|gateway|"
+        r"\b5\d\d\b",
     ),
 )
 

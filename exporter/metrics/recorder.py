@@ -11,7 +11,13 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,6 +29,9 @@ from exporter.model import (
     PollOutcome,
     TaskUpdate,
 )
+
+# `_created` series double the series count and nobody graphs them.
+disable_created_metrics()
 
 UNKNOWN_MODEL = "unknown"
 OTHER_MODEL = "other"

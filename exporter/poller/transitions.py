@@ -6,6 +6,7 @@ state: status mapping, finishing, durations, backoff and the max-wait timeout.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 
@@ -28,6 +29,7 @@ _REPORTED_STATUSES = {
     "completed": Status.COMPLETED,
     "failed": Status.FAILED,
 }
+_CANCELLED_TEXT = re.compile(r"(?i)\bcancell?ed\b")
 # Durations are observed for tasks that ran to an end upstream.
 _TIMED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
@@ -93,7 +95,7 @@ def _apply_report(
             error_kind=UNKNOWN_STATUS_KIND,
             last_error=f"unknown status {report.status[:40]!r}",
         )
-    if status is Status.FAILED and report.cancelled:
+    if status is Status.FAILED and (report.cancelled or _says_cancelled(report.error)):
         status = Status.CANCELLED
     processing_seen = task.processing_seen
     pending_seconds = None
@@ -169,6 +171,11 @@ def completion_duration(
         return updated - created, True, 0.0
     since = last_polled if last_polled is not None and last_polled >= created else created
     return max(0.0, now - created), False, max(0.0, now - since)
+
+
+def _says_cancelled(error: str | None) -> bool:
+    """The image path has no `cancelled` field; its error text still says so."""
+    return error is not None and _CANCELLED_TEXT.search(error[:200]) is not None
 
 
 def _valid_created(created: float | None, now: float, policy: PollPolicy) -> float | None:

@@ -72,6 +72,9 @@ def test_failed_keeps_error_and_cancelled_is_its_own_status() -> None:
     cancelled = decide(task(), report("failed", cancelled=True, error="x"), NOW, POLICY, 0)
     assert cancelled.status is Status.CANCELLED
     assert cancelled.finish is not None and cancelled.finish.status is Status.CANCELLED
+    # The image path has no `cancelled` field: the error text tells.
+    by_text = decide(task(), report("failed", error="Task was cancelled by user"), NOW, POLICY, 0)
+    assert by_text.status is Status.CANCELLED
 
 
 def test_not_found_expires() -> None:
