@@ -219,8 +219,9 @@ def serve(
     log.info(
         "listening on %s (metrics at /metrics), polling %s", listen_address, config.api.base_url
     )
-    if not agent.tracked():
-        log.warning("%s", agent.hint())
+    hint = agent.hint()
+    if hint:
+        log.warning("%s", hint)
     stop.wait()
     log.info("shutting down")
     agent.stop()  # /-/ready answers 503 meanwhile

@@ -34,6 +34,6 @@ def run_discovery(
         if added:
             recorder.tasks_discovered(source.name, len(added))
             recorder.add_models(task.model for task in added)
-            log.info("discovery %s: %d new task(s)", source.name, len(added))
+            log.debug("discovery %s: %d new task(s)", source.name, len(added))
         total += len(added)
     return total

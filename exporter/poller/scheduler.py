@@ -18,6 +18,8 @@ def build_scheduler(jobs: list[tuple[str, Callable[[], object], float]]) -> Back
     A job that overruns its interval is not started twice: the next run is
     skipped (`max_instances=1`, `coalesce`), and the poll lag metric shows it.
     """
+    # Skipped overlapping runs are expected under a tight budget; the metrics say so.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=max(2, len(jobs)))},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -33,8 +35,6 @@ def build_scheduler(jobs: list[tuple[str, Callable[[], object], float]]) -> Back
             name=name,
             next_run_time=now,
         )
-    # Skipped overlapping runs are expected under a tight budget; the metrics say so.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     return scheduler
 
 
