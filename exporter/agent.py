@@ -24,7 +24,8 @@ from exporter.poller.cycle import PollCycle
 from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
-from exporter.store.sqlite import TaskStore
+from exporter.store.base import TaskStore
+from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
 from exporter.web.server import WebServer, build_app
 
@@ -61,7 +62,7 @@ class Agent:
         self.registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=self.registry)
-        self.store = TaskStore(config.store.path)
+        self.store: TaskStore = SqliteTaskStore(config.store.path)
         self.classifier = ReasonClassifier(config.failure_reasons)
         self.recorder = Recorder(
             self.registry,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from exporter.discovery.base import DiscoverySource
 from exporter.metrics.recorder import Recorder
-from exporter.store.sqlite import TaskStore
+from exporter.store.base import TaskStore
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.model import ACTIVE_STATUSES, Status
-from exporter.store.sqlite import TaskStore
+from exporter.store.base import TaskStore
 
 
 class TaskStoreCollector(Collector):

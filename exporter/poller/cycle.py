@@ -20,7 +20,7 @@ from exporter.metrics.recorder import Recorder, answered
 from exporter.model import OutcomeKind, PollOutcome, Status, Task
 from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy, decide
-from exporter.store.sqlite import TaskStore
+from exporter.store.base import TaskStore
 from exporter.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)

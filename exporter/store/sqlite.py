@@ -57,7 +57,7 @@ class StoreError(Exception):
     """The store file cannot be opened or used."""
 
 
-class TaskStore:
+class SqliteTaskStore:
     """Thread-safe: one connection, one lock; every write is one transaction."""
 
     def __init__(self, path: Path | str) -> None:

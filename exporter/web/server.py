@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -41,11 +42,20 @@ class HealthView(Protocol):
         ...
 
 
-def build_app(registry: CollectorRegistry, health: HealthView) -> WSGIApp:
+def build_app(
+    registry: CollectorRegistry,
+    health: HealthView,
+    mounts: dict[str, WSGIApp] | None = None,
+) -> WSGIApp:
+    """The exporter's routes; `mounts` adds apps by path prefix (e.g. "/api/v1/")."""
     metrics_app = make_wsgi_app(registry)
+    prefixes = sorted((mounts or {}).items(), key=lambda item: -len(item[0]))
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        for prefix, mounted in prefixes:
+            if path.startswith(prefix):
+                return mounted(environ, start_response)
         if path == "/metrics":
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/-/healthy":
@@ -120,12 +130,14 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 
 class WebServer:
-    def __init__(self, app: WSGIApp, address: str) -> None:
+    def __init__(self, app: WSGIApp, address: str, tls: ssl.SSLContext | None = None) -> None:
         host, port = parse_listen_address(address)
         server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
         self._server = make_server(
             host, port, app, server_class=server_class, handler_class=_QuietHandler
         )
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
 
     @property

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
-from exporter.store.sqlite import TaskStore
+from exporter.store.sqlite import SqliteTaskStore
 
 
 def update(status: Status, finish: Finish | None = None, next_poll_at: float = 200.0) -> TaskUpdate:
@@ -20,18 +20,18 @@ def update(status: Status, finish: Finish | None = None, next_poll_at: float = 2
 
 def test_add_is_idempotent_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = TaskStore(path)
+    store = SqliteTaskStore(path)
     tasks = [DiscoveredTask("a", "file", model="m"), DiscoveredTask("b", "file")]
     assert len(store.add(tasks, 100.0)) == 2
     assert store.add(tasks, 101.0) == []
     store.close()
-    reopened = TaskStore(path)
+    reopened = SqliteTaskStore(path)
     assert {t.task_id for t in reopened.due(100.0, 10)} == {"a", "b"}
     assert reopened.count_by_status() == {Status.UNKNOWN: 2}
 
 
 def test_due_orders_by_next_poll_and_skips_finished(tmp_path: Path) -> None:
-    store = TaskStore(tmp_path / "s.db")
+    store = SqliteTaskStore(tmp_path / "s.db")
     store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0)
     assert store.apply("a", update(Status.PROCESSING, next_poll_at=150.0), 100.0, None)
     assert [t.task_id for t in store.due(160.0, 10)] == ["b", "a"]
@@ -41,7 +41,7 @@ def test_due_orders_by_next_poll_and_skips_finished(tmp_path: Path) -> None:
 
 
 def test_finish_happens_once(tmp_path: Path) -> None:
-    store = TaskStore(tmp_path / "s.db")
+    store = SqliteTaskStore(tmp_path / "s.db")
     store.add([DiscoveredTask("a", "x")], 100.0)
     done = update(Status.FAILED, Finish(Status.FAILED, 5.0, error_message="boom"))
     assert store.apply("a", done, 101.0, "unknown")
@@ -58,7 +58,7 @@ def test_finish_happens_once(tmp_path: Path) -> None:
 
 
 def test_oldest_prune_and_source_state(tmp_path: Path) -> None:
-    store = TaskStore(tmp_path / "s.db")
+    store = SqliteTaskStore(tmp_path / "s.db")
     store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0, ("file", "[1, 10]"))
     assert store.source_state("file") == "[1, 10]"
     assert store.oldest_active() == {Status.UNKNOWN: 100.0}
