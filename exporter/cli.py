@@ -69,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=demo_module.run)
 
     simulate = commands.add_parser("simulate", help="serve a simulator of the upstream API")
-    from exporter.simulator.cli import add_arguments, run
+    import exporter.simulator.cli as simulator_cli
 
-    add_arguments(simulate)
-    simulate.set_defaults(handler=run)
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(handler=simulator_cli.run)
     return parser
 
 

@@ -18,7 +18,8 @@ from exporter.simulator.models import Kind, ModelProfile, profile_for
 
 
 class TaskStore:
-    """Plans by task id. Task number i of a seed always gets the same id and plan."""
+    """Plans by task id. Task number i of a seed always gets the same id and plan
+    (after a reset, the same as in any run after as many resets)."""
 
     def __init__(
         self,
@@ -36,6 +37,9 @@ class TaskStore:
         self._profiles = profiles
         self._plans: dict[str, TaskPlan] = {}
         self._count = 0
+        # Bumped by clear(): ids never repeat within a run, so a client still
+        # polling a task from before a reset cannot hit a new task by accident.
+        self._epoch = 0
         self._lock = threading.Lock()
 
     def create(
@@ -51,9 +55,12 @@ class TaskStore:
         with self._lock:
             number = self._count
             self._count += 1
+            epoch = self._epoch
         # One generator per task, derived from (seed, number): plans do not depend
         # on how requests from different threads interleave.
-        rng = random.Random(f"{self._seed}:{number}")
+        rng = random.Random(
+            f"{self._seed}:{number}" if epoch == 0 else f"{self._seed}:{epoch}:{number}"
+        )
         task_id = make_task_id(kind, rng)
         plan = plan_task(
             task_id=task_id,
@@ -85,3 +92,4 @@ class TaskStore:
         with self._lock:
             self._plans.clear()
             self._count = 0
+            self._epoch += 1
