@@ -15,9 +15,10 @@ Endpoints (all need ``Authorization: Bearer <key>``; the default key is
   ``progress``, ``poll_url``, ``error``, ``cancelled``, ``video_url``, ``data``).
 
 Unknown, lost and expired tasks answer 404 ``async_task_not_found``. Every
-authenticated answer carries ``X-RateLimit-Limit/-Remaining/-Reset``; over the
-per-key, per-minute budget the answer is 429 ``rate_limit_exceeded`` with
-``Retry-After``.
+authenticated answer carries ``X-RateLimit-Limit/-Remaining/-Reset`` (except
+fault answers that imitate a proxy: 429/502/503/HTML faults); over the
+per-key, per-minute budget (real time) the answer is 429
+``rate_limit_exceeded`` with ``Retry-After``.
 
 Tasks go pending -> processing -> completed | failed | cancelled (reported as
 ``failed`` with ``cancelled: true``), with durations and failure rates from a

@@ -234,6 +234,18 @@ def test_same_seed_same_tasks(clock: FakeClock) -> None:
     assert len(set(ids(5))) == 3
 
 
+def test_ids_do_not_repeat_after_a_reset(clock: FakeClock) -> None:
+    sim = make(clock)
+    before = sim.create_task("flux-pro")["id"]
+    sim.reset()
+    after = sim.create_task("flux-pro")["id"]
+    assert after != before
+    again = make(clock)
+    again.create_task("flux-pro")
+    again.reset()
+    assert again.create_task("flux-pro")["id"] == after  # still reproducible
+
+
 def test_faults_do_not_change_ground_truth(clock: FakeClock) -> None:
     sim = make(clock)
     task = sim.create_task("flux-pro", outcome="completed")
