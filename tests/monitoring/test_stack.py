@@ -1,0 +1,643 @@
+"""The monitoring bundle against real servers: simulator, exporter, Alertmanager, Prometheus.
+
+Everything runs on loopback, on free ports, in a temporary folder:
+
+- the simulator (in this process, time x60) and a feeder thread that creates
+  tasks on it and appends them to the file the exporter watches;
+- the exporter (`python -m exporter run`) polling the simulator;
+- a webhook receiver (a tiny HTTP server in this process) collecting the
+  notifications of
+- a real Alertmanager, started from a copy of alertmanager/alertmanager.yml with
+  the webhook URLs pointed here and the group timers shortened;
+- a real Prometheus, started from a copy of prometheus/prometheus.yml (targets
+  and intervals swapped) and copies of the shipped rules in which only the
+  `for:` durations and the range windows are shortened (`shorten_rules`), so the
+  rule logic under test is the shipped one.
+
+The tests run in file order on one stack and together take about three minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import yaml
+
+from tests.monitoring.support import (
+    ALERTMANAGER_CONFIG,
+    PROMETHEUS_CONFIG,
+    REPO,
+    dashboards,
+    load_yaml,
+    panels,
+    require_tool,
+    rule_files,
+    substitute_variables,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(290)]
+
+T = TypeVar("T")
+
+# Durations in the test copy of the rules: `for:` and range windows divided by
+# this, so 5m becomes 15s. Windows never go below MIN_WINDOW_SECONDS.
+SHORTEN_FACTOR = 20
+MIN_WINDOW_SECONDS = 10
+SCRAPE_INTERVAL = "1s"
+TIME_SCALE = 60.0
+API_KEY = "sk-sim"
+IMAGE_MODELS = ("flux-pro", "flux-schnell", "dall-e-3")
+VIDEO_MODELS = ("veo-3",)
+TASKS_PER_SECOND = 3.0
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    total = 0
+    for number, unit in re.findall(r"(\d+)([smhd])", text):
+        total += int(number) * UNITS[unit]
+    if not total or re.sub(r"\d+[smhd]", "", text):
+        raise ValueError(f"unsupported duration {text!r}")
+    return total
+
+
+def shorten_duration(text: str, minimum: int) -> str:
+    return f"{max(minimum, parse_duration(text) // SHORTEN_FACTOR)}s"
+
+
+def shorten_rules(document: dict[str, Any]) -> dict[str, Any]:
+    """The same rules with `for:` and `[range]` durations divided by SHORTEN_FACTOR.
+
+    Nothing else changes: names, thresholds, labels and annotations stay as shipped.
+    """
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = shorten_duration(rule["for"], 1)
+            rule["expr"] = re.sub(
+                r"\[(\w+)\]",
+                lambda m: f"[{shorten_duration(m.group(1), MIN_WINDOW_SECONDS)}]",
+                rule["expr"],
+            )
+    return document
+
+
+def test_shorten_rules_changes_only_durations() -> None:
+    original = {
+        "groups": [
+            {
+                "name": "g",
+                "rules": [
+                    {"record": "a:b:rate5m", "expr": "sum by (x) (rate(m_total[5m])) > 300"},
+                    {"alert": "A", "expr": "increase(m_total[10m]) > 0", "for": "15m"},
+                    {"alert": "B", "expr": "up == 0", "for": "1m"},
+                ],
+            }
+        ]
+    }
+    rules = shorten_rules(json.loads(json.dumps(original)))["groups"][0]["rules"]
+    assert rules[0] == {"record": "a:b:rate5m", "expr": "sum by (x) (rate(m_total[15s])) > 300"}
+    assert rules[1] == {"alert": "A", "expr": "increase(m_total[30s]) > 0", "for": "45s"}
+    assert rules[2] == {"alert": "B", "expr": "up == 0", "for": "3s"}
+
+
+# ---- small servers and helpers ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    timeout: float,
+    what: str | Callable[[], str],
+    every: float = 0.5,
+) -> T:
+    """The first truthy result of `condition`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while True:
+        result: T | None = None
+        try:
+            result = condition()
+        except (requests.RequestException, OSError, KeyError, ValueError) as exc:
+            last_error = f" (last error: {exc!r})"
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {described}{last_error}"
+            )
+        time.sleep(every)
+
+
+@dataclass
+class Notification:
+    receiver_path: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+@dataclass
+class Webhook:
+    """Collects Alertmanager webhook notifications, one entry per alert."""
+
+    notifications: list[Notification] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with webhook.lock:
+                    for alert in body["alerts"]:
+                        webhook.notifications.append(
+                            Notification(
+                                self.path, alert["status"], alert["labels"], alert["annotations"]
+                            )
+                        )
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def received(self, alertname: str, status: str) -> list[Notification]:
+        with self.lock:
+            return [
+                n
+                for n in self.notifications
+                if n.labels.get("alertname") == alertname and n.status == status
+            ]
+
+    def names(self) -> set[str]:
+        with self.lock:
+            return {n.labels.get("alertname", "") for n in self.notifications}
+
+
+class Feeder:
+    """Creates tasks on the simulator and appends them to the exporter's task file.
+
+    Outcomes are forced so that alerts depend on the scenario, not on chance:
+    every task completes, except those of `failing_model` while it is set.
+    """
+
+    def __init__(self, simulator: Any, path: Path) -> None:
+        self.simulator = simulator
+        self.path = path
+        self.failing_model: str | None = None
+        self.created = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="feeder", daemon=True)
+
+    def _loop(self) -> None:
+        models = [(m, "image") for m in IMAGE_MODELS] + [(m, "video") for m in VIDEO_MODELS]
+        while not self._stop.is_set():
+            model, kind = models[self.created % len(models)]
+            if model == self.failing_model:
+                forced = {"outcome": "failed", "reason": "content_policy"}
+            else:
+                forced = {"outcome": "completed"}
+            body = self.simulator.create_task(model, kind, lost=False, **forced)
+            line = {"task_id": body["task_id"], "model": model, "poll_url": body.get("poll_url")}
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+            self.created += 1
+            self._stop.wait(1.0 / TASKS_PER_SECOND)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    prometheus: str
+    alertmanager: str
+    exporter: str
+    simulator: Any
+    feeder: Feeder
+    webhook: Webhook
+    logs: dict[str, Path]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = requests.get(
+            f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10
+        )
+        body = response.json()
+        assert body["status"] == "success", f"{expr}: {body.get('error')}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def prometheus_alerts(self, state: str = "firing") -> list[dict[str, Any]]:
+        body = requests.get(f"{self.prometheus}/api/v1/alerts", timeout=10).json()
+        return [a for a in body["data"]["alerts"] if a["state"] == state]
+
+    def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.prometheus_alerts()
+            if a["labels"]["alertname"] == alertname
+            and all(a["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        self.simulator.set_faults(faults)
+
+    def log_tails(self) -> str:
+        parts = []
+        for name, path in self.logs.items():
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            parts.append(f"--- {name} ---\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+def write_alertmanager_config(path: Path, webhook_url: str) -> None:
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook_url + "/" + hook["url"].rstrip("/").rsplit("/", 1)[-1]
+    routes = [config["route"], *config["route"].get("routes", [])]
+    for route in routes:
+        route.update(group_wait="1s", group_interval="1s")
+        route.pop("repeat_interval", None)
+    config["route"]["repeat_interval"] = "1h"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def write_prometheus_config(
+    folder: Path, prometheus_port: int, exporter_port: int, alertmanager_port: int
+) -> Path:
+    config = load_yaml(PROMETHEUS_CONFIG)
+    config["global"].update(scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
+    addresses = {
+        "exporter": f"127.0.0.1:{exporter_port}",
+        "localhost": f"127.0.0.1:{prometheus_port}",
+        "alertmanager": f"127.0.0.1:{alertmanager_port}",
+    }
+
+    def local(targets: list[str]) -> list[str]:
+        return [addresses[target.split(":")[0]] for target in targets]
+
+    for job in config["scrape_configs"]:
+        job.update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL)
+        for static in job["static_configs"]:
+            static["targets"] = local(static["targets"])
+    for manager in config["alerting"]["alertmanagers"]:
+        for static in manager["static_configs"]:
+            static["targets"] = local(static["targets"])
+    rules_dir = folder / "rules"
+    rules_dir.mkdir()
+    for path in rule_files():
+        document = shorten_rules(load_yaml(path))
+        (rules_dir / path.name).write_text(yaml.safe_dump(document, sort_keys=False), "utf-8")
+    config_path = folder / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return config_path
+
+
+@contextlib.contextmanager
+def process(
+    name: str, args: list[str], logs: dict[str, Path], folder: Path, **kw: Any
+) -> Iterator[None]:
+    log_path = folder / f"{name}.log"
+    logs[name] = log_path
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=folder, **kw)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def ready(url: str) -> bool:
+    return requests.get(url, timeout=2).status_code == 200
+
+
+@pytest.fixture(scope="module", name="stack")
+def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus_bin = require_tool("prometheus", hint="Debian package prometheus")
+    alertmanager_bin = require_tool(
+        "prometheus-alertmanager", "alertmanager", hint="Debian package prometheus-alertmanager"
+    )
+    from exporter.simulator import Simulator, SimulatorSettings
+
+    tmp = tmp_path_factory.mktemp("stack")
+    logs: dict[str, Path] = {}
+    ports = {name: free_port() for name in ("prometheus", "alertmanager", "exporter")}
+    webhook = Webhook()
+    webhook_url = webhook.start()
+    simulator = Simulator(
+        SimulatorSettings(
+            port=0,
+            api_keys=(API_KEY,),
+            time_scale=TIME_SCALE,
+            seed=7,
+            retention_seconds=36000,
+            lost_fraction=0.0,
+        )
+    )
+    simulator.start()
+    task_file = tmp / "tasks.jsonl"
+    task_file.touch()
+    feeder = Feeder(simulator, task_file)
+
+    exporter_config = tmp / "exporter.yaml"
+    exporter_config.write_text(
+        yaml.safe_dump(
+            {
+                "api": {"base_url": simulator.url, "timeout_seconds": 2},
+                "polling": {
+                    "cycle_interval_seconds": 0.5,
+                    "task_interval_seconds": 1,
+                    "requests_per_second": 20,
+                    "backoff_max_seconds": 4,
+                },
+                "store": {"path": str(tmp / "store.db")},
+                "discovery": {"interval_seconds": 0.5, "files": [{"path": str(task_file)}]},
+            }
+        ),
+        encoding="utf-8",
+    )
+    am_config = tmp / "alertmanager.yml"
+    write_alertmanager_config(am_config, webhook_url)
+    prom_config = write_prometheus_config(
+        tmp, ports["prometheus"], ports["exporter"], ports["alertmanager"]
+    )
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = dict(os.environ, LEMONDATA_API_KEY=API_KEY, PYTHONPATH=str(REPO))
+    stack = Stack(
+        tmp,
+        urls["prometheus"],
+        urls["alertmanager"],
+        urls["exporter"],
+        simulator,
+        feeder,
+        webhook,
+        logs,
+    )
+    try:
+        with contextlib.ExitStack() as running:
+            # Alertmanager first, so Prometheus can deliver from its first evaluation.
+            running.enter_context(
+                process(
+                    "alertmanager",
+                    [
+                        alertmanager_bin,
+                        f"--config.file={am_config}",
+                        f"--storage.path={tmp / 'alertmanager-data'}",
+                        f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
+                        "--cluster.listen-address=",
+                    ],
+                    logs,
+                    tmp,
+                )
+            )
+            wait_until(lambda: ready(f"{urls['alertmanager']}/-/ready"), 30, "Alertmanager")
+            running.enter_context(
+                process(
+                    "exporter",
+                    [
+                        sys.executable,
+                        "-m",
+                        "exporter",
+                        "run",
+                        f"--config.file={exporter_config}",
+                        f"--web.listen-address=127.0.0.1:{ports['exporter']}",
+                    ],
+                    logs,
+                    tmp,
+                    env=env,
+                )
+            )
+            wait_until(lambda: ready(f"{urls['exporter']}/-/healthy"), 30, "the exporter")
+            feeder.start()
+            running.enter_context(
+                process(
+                    "prometheus",
+                    [
+                        prometheus_bin,
+                        f"--config.file={prom_config}",
+                        f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                        f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+                        "--rules.alert.resend-delay=1s",
+                    ],
+                    logs,
+                    tmp,
+                )
+            )
+            wait_until(lambda: ready(f"{urls['prometheus']}/-/ready"), 30, "Prometheus")
+            yield stack
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.log_tails()}") from None
+    finally:
+        feeder.stop()
+        simulator.stop()
+        webhook.stop()
+
+
+def rule_health(stack: Stack) -> dict[str, tuple[str, str]]:
+    body = requests.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()
+    return {
+        rule["name"]: (rule["health"], rule.get("lastError", ""))
+        for group in body["data"]["groups"]
+        for rule in group["rules"]
+    }
+
+
+def test_every_rule_loads_and_evaluates(stack: Stack) -> None:
+    shipped = {
+        rule.get("alert") or rule.get("record")
+        for path in rule_files()
+        for group in load_yaml(path)["groups"]
+        for rule in group["rules"]
+    }
+
+    def all_ok() -> dict[str, tuple[str, str]] | None:
+        health = rule_health(stack)
+        return health if all(h == "ok" for h, _ in health.values()) else None
+
+    health = wait_until(
+        all_ok, 30, lambda: f"every rule to evaluate with health ok: {rule_health(stack)}"
+    )
+    assert set(health) == shipped
+
+
+# Panels that must show numbers while tasks flow normally.
+PANELS_WITH_NUMBERS = {
+    "Waiting",
+    "Running",
+    "Finished",
+    "Failure ratio",
+    "p95 time to completion",
+    "Tasks waiting and running",
+    "Finished per minute by status",
+    "Failure ratio per model",
+    "Models, last 5 minutes",
+    "Time to completion per model (p50, p90, p99)",
+    "Time to completion distribution",
+    "Time pending per model (p50, p90)",
+    "Exporter up",
+    "Since last poll cycle",
+    "Version",
+    "Poll lag",
+    "Poll cycles per minute",
+    "Discovery per minute",
+    "API up",
+    "API error ratio",
+    "Rate limit left",
+    "Status requests by code",
+    "API errors by kind",
+    "Request latency (p50, p90, p99)",
+    "Rate limit: remaining and limit",
+    "Requests sent and budget",
+}
+
+
+def _has_number(result: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(series["value"][1])) for series in result)
+
+
+def test_dashboard_queries_run_and_show_data(stack: Stack) -> None:
+    all_panels = [
+        (name, panel) for name, dashboard in dashboards().items() for panel in panels(dashboard)
+    ]
+    assert {panel["title"] for _, panel in all_panels} >= PANELS_WITH_NUMBERS
+
+    def results() -> dict[str, list[list[dict[str, Any]]]]:
+        return {
+            panel["title"]: [
+                stack.query(substitute_variables(target["expr"])) for target in panel["targets"]
+            ]
+            for _, panel in all_panels
+        }
+
+    def complete() -> dict[str, list[list[dict[str, Any]]]] | None:
+        current = results()
+        missing = [
+            title
+            for title, per_target in current.items()
+            if not any(per_target)
+            or (title in PANELS_WITH_NUMBERS and not any(_has_number(r) for r in per_target))
+        ]
+        return None if missing else current
+
+    try:
+        wait_until(complete, 60, "every panel to show data", every=2)
+    except AssertionError:
+        current = results()
+        empty = sorted(t for t, r in current.items() if not any(_has_number(x) for x in r))
+        raise AssertionError(f"panels without data: {empty}\n{stack.log_tails()}") from None
+
+
+def test_no_alert_while_tasks_flow_normally(stack: Stack) -> None:
+    wait_until(lambda: stack.feeder.created > 30, 30, "tasks to be created")
+    time.sleep(3)
+    firing = [a["labels"]["alertname"] for a in stack.prometheus_alerts()]
+    pending = [a["labels"]["alertname"] for a in stack.prometheus_alerts("pending")]
+    assert not firing and not pending, (firing, pending)
+    assert not stack.webhook.names()
+
+
+def _notified(stack: Stack, alertname: str, status: str, timeout: float) -> Notification:
+    return wait_until(
+        lambda: stack.webhook.received(alertname, status),
+        timeout,
+        lambda: (
+            f"{alertname} {status} at the webhook; firing in Prometheus: "
+            f"{sorted(a['labels']['alertname'] for a in stack.prometheus_alerts())}; "
+            f"notified: {sorted(stack.webhook.names())}\n{stack.log_tails()}"
+        ),
+    )[0]
+
+
+def test_rejected_key_alerts_and_resolves(stack: Stack) -> None:
+    stack.set_faults({"unauthorized": 1.0})
+    try:
+        wait_until(lambda: stack.firing("LemonDataAPIKeyRejected"), 60, "KeyRejected firing")
+        note = _notified(stack, "LemonDataAPIKeyRejected", "firing", 30)
+        assert note.receiver_path == "/critical"
+        assert note.labels["severity"] == "critical"
+        assert note.labels["job"] == "lemondata-exporter"
+        assert note.annotations["runbook_url"].endswith("#lemondataapikeyrejected")
+        # the API looks down as well, but Alertmanager reports the cause only
+        wait_until(lambda: stack.firing("LemonDataAPIDown"), 60, "APIDown firing")
+        time.sleep(3)
+        assert not stack.webhook.received("LemonDataAPIDown", "firing"), "not inhibited"
+    finally:
+        stack.set_faults({})
+    _notified(stack, "LemonDataAPIKeyRejected", "resolved", 60)
+    wait_until(lambda: not stack.firing("LemonDataAPIKeyRejected"), 30, "KeyRejected to end")
+    assert not stack.webhook.received("LemonDataAPIDown", "firing")
+
+
+def test_server_errors_alert_and_resolve(stack: Stack) -> None:
+    stack.set_faults({"http_503": 1.0})
+    try:
+        note = _notified(stack, "LemonDataAPIDown", "firing", 90)
+        assert note.receiver_path == "/critical"
+        assert note.annotations["summary"].startswith("The LemonData API is unreachable from")
+    finally:
+        stack.set_faults({})
+    _notified(stack, "LemonDataAPIDown", "resolved", 60)
+
+
+def test_failing_tasks_alert_and_resolve(stack: Stack) -> None:
+    stack.feeder.failing_model = "flux-pro"
+    try:
+        burst = _notified(stack, "LemonDataTaskFailureBurst", "firing", 90)
+        assert burst.receiver_path == "/warning"
+        assert burst.labels["model"] == "flux-pro"
+        assert burst.labels["reason"] == "content_policy"
+        ratio = _notified(stack, "LemonDataTaskFailureRatioHigh", "firing", 90)
+        assert ratio.labels["model"] == "flux-pro"
+        assert ratio.labels["severity"] == "warning"
+        others = stack.firing("LemonDataTaskFailureRatioHigh")
+        assert {a["labels"]["model"] for a in others} == {"flux-pro"}
+    finally:
+        stack.feeder.failing_model = None
+    _notified(stack, "LemonDataTaskFailureRatioHigh", "resolved", 90)
+    _notified(stack, "LemonDataTaskFailureBurst", "resolved", 60)
