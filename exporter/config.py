@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -122,9 +122,40 @@ class PollingConfig(_Section):
     shutdown_timeout_seconds: PositiveSeconds = 10.0
 
 
+def check_redis_url(value: str | None) -> str | None:
+    """A redis://, rediss:// or unix:// URL."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
 class StoreConfig(_Section):
     path: Path = Path("lemondata-exporter.db")
     retention_seconds: PositiveSeconds = 86400.0
+    # `redis`: one store shared by several replicas (see docs/deployment.md).
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str | None = None
+    redis_prefix: str = Field(default="lemondata:", pattern=r"^[A-Za-z0-9_.:{}-]{0,64}$")
+    # A task taken by a replica for a poll is left to the others if that
+    # replica has not stored the result within this time (it died).
+    lease_seconds: PositiveSeconds = 60.0
+    # Names this replica in the store and in the stream's consumer group;
+    # default: host name and process ID. Must differ between live replicas.
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url, e.g. redis://localhost:6379/0")
+        return self
 
 
 class StaticTask(_Section):
@@ -150,9 +181,29 @@ class FileSource(_Section):
     name: str = Field(default="file", pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 
+class RedisStreamSource(_Section):
+    """A Redis Stream that applications append tasks to (fields task_id, model, poll_url)."""
+
+    stream: str = Field(default="lemondata:tasks", pattern=r"^[A-Za-z0-9_.:{}-]{1,128}$")
+    # Default: store.redis_url.
+    redis_url: str | None = None
+    group: str = Field(default="lemondata-exporter", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str = Field(default="stream", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    # Entries read by a replica that did not confirm them within this time are
+    # taken over by another one (XAUTOCLAIM).
+    claim_idle_seconds: PositiveSeconds = 30.0
+    batch_size: int = Field(default=500, ge=1, le=10000)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
+
+
 class DiscoveryConfig(_Section):
     interval_seconds: PositiveSeconds = 2.0
     files: list[FileSource] = []
+    redis_stream: RedisStreamSource | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> DiscoveryConfig:
@@ -215,6 +266,25 @@ class MetricsConfig(_Section):
         return value
 
 
+class ProxyConfig(_Section):
+    """Fronts the API for the calls that create tasks, and registers what they return."""
+
+    enabled: bool = False
+    listen_address: str = ":9849"
+    create_paths: list[str] = ["/v1/images/generations", "/v1/videos/generations"]
+    timeout_seconds: PositiveSeconds = 300.0
+    max_connections: int = Field(default=64, ge=1, le=1024)
+    # Create bodies up to this size are read to find `model`; larger ones pass through.
+    max_create_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("create_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            check_poll_path(path)
+        return [path.rstrip("/") or "/" for path in value]
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     polling: PollingConfig = PollingConfig()
@@ -223,6 +293,7 @@ class Config(_Section):
     discovery: DiscoveryConfig = DiscoveryConfig()
     failure_reasons: list[FailureReason] = list(DEFAULT_FAILURE_REASONS)
     metrics: MetricsConfig = MetricsConfig()
+    proxy: ProxyConfig = ProxyConfig()
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
 
     @model_validator(mode="before")
@@ -236,6 +307,13 @@ class Config(_Section):
                         f"set ${API_KEY_ENV} or api.key_file"
                     )
         return data
+
+    @model_validator(mode="after")
+    def _stream_has_redis(self) -> Config:
+        stream = self.discovery.redis_stream
+        if stream is not None and not (stream.redis_url or self.store.redis_url):
+            raise ValueError("discovery.redis_stream: needs redis_url, here or in store.redis_url")
+        return self
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
