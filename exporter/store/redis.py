@@ -1,0 +1,435 @@
+"""A task store in Redis, shared by several replicas of the agent.
+
+Same behaviour as the SQLite store (`store/sqlite.py`), plus what a group of
+replicas needs:
+
+- Every write that touches more than one key is one Lua script, so it is
+  atomic: adding tasks together with a source's position, applying a poll's
+  result, pruning.
+- `due` leases the tasks it returns to this replica for `lease_seconds`; the
+  other replicas skip them until the lease runs out or the result is stored.
+  A replica that dies (SIGKILL) leaves its leased tasks to the others once
+  the lease has run out.
+- The terminal record is a compare-and-set inside the `apply` script: only
+  the first replica to store a task's finish gets True back, and only it
+  records the metric. The task remembers that replica (`finished_by`).
+- `SharedRequestBudget` is the poll cycle's request budget kept in Redis
+  (GCRA), so the whole group stays within one account's rate.
+
+Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
+`due` (zset of unfinished tasks by next poll time), `finished` (zset by
+finish time), `active:<status>` (zset by creation time, for the oldest-age
+gauge), `count` (hash of tasks by status), `models` (set), `source_state`
+(hash), `budget`, `budget:pause`. Redis Cluster is not supported (the
+scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
+from exporter.poller.ratelimit import RequestBudget
+from exporter.store.sqlite import StoreError
+
+PRUNE_BATCH = 1000
+_ACTIVE = {status.value for status in ACTIVE_STATUSES}
+
+_ADD = """
+local p, now = ARGV[1], ARGV[2]
+local added = {}
+for i = 5, #ARGV, 4 do
+  local id = ARGV[i]
+  local key = p .. 'task:' .. id
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'task_id', id, 'source', ARGV[i + 1], 'status', 'unknown',
+      'discovered_at', now, 'next_poll_at', now, 'attempts', '0', 'consecutive_errors', '0')
+    if ARGV[i + 2] ~= '' then
+      redis.call('HSET', key, 'model', ARGV[i + 2])
+      redis.call('SADD', p .. 'models', ARGV[i + 2])
+    end
+    if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'poll_url', ARGV[i + 3]) end
+    redis.call('ZADD', p .. 'due', now, id)
+    redis.call('ZADD', p .. 'active:unknown', now, id)
+    redis.call('HINCRBY', p .. 'count', 'unknown', 1)
+    added[#added + 1] = (i - 5) / 4
+  end
+end
+if ARGV[3] ~= '' then redis.call('HSET', p .. 'source_state', ARGV[3], ARGV[4]) end
+return added
+"""
+
+# Due tasks not leased to another replica, most overdue first; leases them to us.
+_DUE = """
+local p, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local me, lease_until = ARGV[4], ARGV[5]
+local taken = {}
+local offset = 0
+while #taken < limit do
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', ARGV[2], 'LIMIT', offset, limit)
+  if #ids == 0 then break end
+  offset = offset + #ids
+  for _, id in ipairs(ids) do
+    local key = p .. 'task:' .. id
+    local lease = redis.call('HMGET', key, 'status', 'owner', 'lease_until')
+    if not lease[1] then
+      redis.call('ZREM', p .. 'due', id)
+      offset = offset - 1
+    elseif (not lease[2]) or lease[2] == me or tonumber(lease[3]) <= now then
+      redis.call('HSET', key, 'owner', me, 'lease_until', lease_until)
+      taken[#taken + 1] = id
+      if #taken >= limit then break end
+    end
+  end
+end
+local out = {}
+for i, id in ipairs(taken) do out[i] = redis.call('HGETALL', p .. 'task:' .. id) end
+return out
+"""
+
+# One poll's result. The terminal record is a compare-and-set: a task that is
+# gone or already finished is left alone and 0 comes back; so does one that
+# another replica holds a live lease on.
+_APPLY = """
+local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local active, next_poll_at = ARGV[7], ARGV[8]
+local key = p .. 'task:' .. id
+local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_until',
+  'discovered_at')
+if not cur[1] or cur[2] then return 0 end
+if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
+for i = 9, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', key, ARGV[i])
+  else
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HDEL', key, 'owner', 'lease_until')
+local model = redis.call('HGET', key, 'model')
+if model then redis.call('SADD', p .. 'models', model) end
+if cur[1] ~= status then
+  redis.call('HINCRBY', p .. 'count', cur[1], -1)
+  redis.call('HINCRBY', p .. 'count', status, 1)
+  redis.call('ZREM', p .. 'active:' .. cur[1], id)
+end
+if finishing == '1' then
+  redis.call('HSET', key, 'finished_at', now, 'finished_by', me)
+  redis.call('ZREM', p .. 'due', id)
+  redis.call('ZREM', p .. 'active:' .. status, id)
+  redis.call('ZADD', p .. 'finished', now, id)
+else
+  redis.call('ZADD', p .. 'due', next_poll_at, id)
+  if active == '1' then
+    local created = redis.call('HGET', key, 'created') or cur[5]
+    redis.call('ZADD', p .. 'active:' .. status, created, id)
+  end
+end
+return 1
+"""
+
+_PRUNE = """
+local p = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+  tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local key = p .. 'task:' .. id
+  local status = redis.call('HGET', key, 'status')
+  if status then redis.call('HINCRBY', p .. 'count', status, -1) end
+  redis.call('DEL', key)
+  redis.call('ZREM', p .. 'finished', id)
+end
+return #ids
+"""
+
+# GCRA on the server's clock (replicas' clocks may differ): every call takes
+# one request slot and returns, as a string, how long to wait before using it.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX',
+  math.ceil((new_tat - now) * 1000) + 1000)
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused - now > wait then wait = paused - now end
+return string.format('%.6f', wait)
+"""
+
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > paused then
+  redis.call('SET', KEYS[1], string.format('%.6f', until_), 'PX',
+    math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+end
+return 1
+"""
+
+_FLOAT_FIELDS = (
+    "created",
+    "first_seen",
+    "last_polled",
+    "processing_seen",
+    "finished_at",
+    "duration_seconds",
+)
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
+    """A thread-safe client with a bounded pool; StoreError if Redis does not answer."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=10,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    client = redis.Redis(connection_pool=pool)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise StoreError(
+            f"cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: {exc}"
+        ) from None
+    return client
+
+
+def _text(value: float | int | str | None) -> str:
+    """A value for a script argument; '' stands for None."""
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _task(fields: dict[str, str]) -> Task:
+    def number(name: str) -> float | None:
+        value = fields.get(name)
+        return float(value) if value else None
+
+    return Task(
+        task_id=fields["task_id"],
+        source=fields["source"],
+        model=fields.get("model") or None,
+        poll_url=fields.get("poll_url") or None,
+        status=Status(fields["status"]),
+        discovered_at=float(fields["discovered_at"]),
+        next_poll_at=float(fields["next_poll_at"]),
+        created=number("created"),
+        first_seen=number("first_seen"),
+        last_polled=number("last_polled"),
+        processing_seen=number("processing_seen"),
+        attempts=int(fields.get("attempts") or 0),
+        consecutive_errors=int(fields.get("consecutive_errors") or 0),
+        finished_at=number("finished_at"),
+        duration_seconds=number("duration_seconds"),
+        reason=fields.get("reason") or None,
+        error_message=fields.get("error_message") or None,
+        last_error=fields.get("last_error") or None,
+    )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisTaskStore:
+    """The `TaskStore` protocol on Redis; safe to share between threads and replicas."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "lemondata:",
+        replica_id: str | None = None,
+        lease_seconds: float = 60.0,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self.replica_id = replica_id or default_replica_id()
+        self.lease_seconds = lease_seconds
+        self.client = client if client is not None else connect(url)
+        self._add = self.client.register_script(_ADD)
+        self._due = self.client.register_script(_DUE)
+        self._apply = self.client.register_script(_APPLY)
+        self._prune = self.client.register_script(_PRUNE)
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def add(
+        self,
+        tasks: Iterable[DiscoveredTask],
+        now: float,
+        source_state: tuple[str, str] | None = None,
+    ) -> list[DiscoveredTask]:
+        """Track new tasks; known IDs are left alone. Returns the ones added.
+
+        The source's position is saved in the same script, as in SQLite.
+        """
+        offered = list(tasks)
+        if not offered and source_state is None:
+            return []
+        args = [self.prefix, _text(now), *(source_state or ("", ""))]
+        for task in offered:
+            args += [task.task_id, task.source, task.model or "", task.poll_url or ""]
+        indexes = cast(list[int], self._add(args=args))
+        return [offered[int(i)] for i in indexes]
+
+    def due(self, now: float, limit: int) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first, leased to us."""
+        if limit <= 0:
+            return []
+        rows = cast(
+            list[list[str]],
+            self._due(
+                args=[
+                    self.prefix,
+                    _text(now),
+                    str(limit),
+                    self.replica_id,
+                    _text(now + self.lease_seconds),
+                ]
+            ),
+        )
+        return [_task(_pairs(row)) for row in rows]
+
+    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
+        """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
+        finish = update.finish
+        fields: dict[str, float | int | str | None] = {
+            "status": update.status.value,
+            "next_poll_at": update.next_poll_at,
+            "consecutive_errors": update.consecutive_errors,
+            "created": update.created,
+            "model": update.model,
+            "first_seen": update.first_seen,
+            "processing_seen": update.processing_seen,
+            "last_polled": update.last_polled,
+            "last_error": update.last_error,
+            "duration_seconds": finish.duration if finish else None,
+            "reason": reason,
+            "error_message": finish.error_message if finish else None,
+        }
+        args = [
+            self.prefix,
+            task_id,
+            self.replica_id,
+            _text(now),
+            "1" if finish else "0",
+            update.status.value,
+            "1" if update.status.value in _ACTIVE else "0",
+            _text(update.next_poll_at),
+        ]
+        for name, value in fields.items():
+            args += [name, _text(value)]
+        return bool(self._apply(args=args))
+
+    def get(self, task_id: str) -> Task | None:
+        fields = cast(dict[str, str], self.client.hgetall(self._key("task", task_id)))
+        return _task(fields) if fields else None
+
+    def finished_by(self, task_id: str) -> str | None:
+        """The replica whose terminal record won, for a finished task."""
+        return cast(str | None, self.client.hget(self._key("task", task_id), "finished_by"))
+
+    def count_by_status(self) -> dict[Status, int]:
+        counts = cast(dict[str, str], self.client.hgetall(self._key("count")))
+        return {Status(status): int(n) for status, n in counts.items() if int(n) > 0}
+
+    def oldest_active(self) -> dict[Status, float]:
+        """Per unfinished status, the earliest creation (or discovery) time."""
+        pipe = self.client.pipeline(transaction=False)
+        for status in ACTIVE_STATUSES:
+            pipe.zrange(self._key("active", status.value), 0, 0, withscores=True)
+        result = {}
+        for status, rows in zip(ACTIVE_STATUSES, pipe.execute(), strict=True):
+            if rows:
+                result[status] = float(rows[0][1])
+        return result
+
+    def models(self) -> list[str]:
+        return sorted(cast(list[str], self.client.srandmember(self._key("models"), 1000)))
+
+    def prune(self, finished_before: float) -> int:
+        """Forget finished tasks older than the retention."""
+        removed = 0
+        while True:
+            batch = int(
+                cast(int, self._prune(args=[self.prefix, _text(finished_before), PRUNE_BATCH]))
+            )
+            removed += batch
+            if batch < PRUNE_BATCH:
+                return removed
+
+    def source_state(self, source: str) -> str | None:
+        return cast(str | None, self.client.hget(self._key("source_state"), source))
+
+
+class SharedRequestBudget(RequestBudget):
+    """The request budget of a whole group of replicas, kept in Redis.
+
+    Same interface as `RequestBudget`; `rate` is read on every call, so a
+    change to it applies to the group at once. A 429's pause applies to every
+    replica.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        rate: float,
+        burst: float | None = None,
+        *,
+        prefix: str = "lemondata:",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(rate, burst, clock)
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._keys = [prefix + "budget", prefix + "budget:pause"]
+        self._reserve = client.register_script(_RESERVE)
+        self._pause = client.register_script(_PAUSE)
+
+    def pause_for(self, seconds: float) -> None:
+        self._pause(keys=self._keys[1:], args=[_text(float(seconds))])
+
+    def reserve(self) -> float:
+        """Take one request slot of the group; how long to wait before using it."""
+        interval = 1.0 / self.rate
+        tolerance = max(0.0, self.burst - 1.0) * interval
+        result: Any = self._reserve(keys=self._keys, args=[_text(interval), _text(tolerance)])
+        return float(result)

@@ -1,0 +1,220 @@
+"""The store's behaviour, the same on SQLite and on Redis; then what only Redis does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.store.base import TaskStore
+from exporter.store.redis import RedisTaskStore, SharedRequestBudget, redact_url
+from exporter.store.sqlite import SqliteTaskStore, StoreError
+from tests.redis.server import RedisServer
+
+MakeStore = Callable[..., TaskStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """A factory: each call opens the same store again (another connection or replica)."""
+    opened: list[TaskStore] = []
+    if request.param == "redis":
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        url = request.getfixturevalue("redis_server").url
+
+        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
+            store = RedisTaskStore(url, prefix="t:", replica_id=replica, lease_seconds=lease)
+            opened.append(store)
+            return store
+
+        assert client.ping()
+    else:
+
+        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
+            store = SqliteTaskStore(tmp_path / "store.db")
+            opened.append(store)
+            return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def update(status: Status, finish: Finish | None = None, next_poll_at: float = 200.0) -> TaskUpdate:
+    return TaskUpdate(
+        status=status,
+        next_poll_at=next_poll_at,
+        consecutive_errors=0,
+        created=90.0,
+        model="flux",
+        first_seen=100.0,
+        processing_seen=None,
+        last_polled=100.0,
+        finish=finish,
+    )
+
+
+def test_add_is_idempotent_and_survives_reopen(make_store: MakeStore) -> None:
+    store = make_store()
+    tasks = [DiscoveredTask("a", "file", model="m"), DiscoveredTask("b", "file")]
+    assert len(store.add(tasks, 100.0)) == 2
+    assert store.add(tasks, 101.0) == []
+    assert store.add([DiscoveredTask("c", "x"), DiscoveredTask("c", "x")], 101.0) == [
+        DiscoveredTask("c", "x")
+    ]
+    store.close()
+    reopened = make_store()
+    assert {t.task_id for t in reopened.due(100.0, 10)} == {"a", "b"}
+    assert reopened.count_by_status() == {Status.UNKNOWN: 3}
+    task = reopened.get("a")
+    assert task is not None
+    assert (task.source, task.model, task.poll_url, task.discovered_at) == (
+        "file",
+        "m",
+        None,
+        100.0,
+    )
+
+
+def test_due_orders_by_next_poll_and_skips_finished(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0)
+    assert store.apply("a", update(Status.PROCESSING, next_poll_at=150.0), 100.0, None)
+    assert [t.task_id for t in store.due(160.0, 10)] == ["b", "a"]
+    assert [t.task_id for t in store.due(120.0, 10)] == ["b"]
+    assert store.apply("b", update(Status.COMPLETED, Finish(Status.COMPLETED, 10.0)), 100.0, None)
+    assert [t.task_id for t in store.due(1000.0, 10)] == ["a"]
+    assert store.due(1000.0, 0) == []
+
+
+def test_finish_happens_once(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x")], 100.0)
+    done = update(Status.FAILED, Finish(Status.FAILED, 5.0, error_message="boom"))
+    assert store.apply("a", done, 101.0, "unknown")
+    assert not store.apply("a", done, 102.0, "unknown")
+    task = store.get("a")
+    assert task is not None
+    assert (task.status, task.finished_at, task.reason, task.error_message) == (
+        Status.FAILED,
+        101.0,
+        "unknown",
+        "boom",
+    )
+    assert task.duration_seconds == 5.0 and task.attempts == 1
+    assert not store.apply("missing", done, 102.0, None)
+
+
+def test_oldest_prune_and_source_state(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0, ("file", "[1, 10]"))
+    assert store.source_state("file") == "[1, 10]"
+    assert store.source_state("other") is None
+    assert store.oldest_active() == {Status.UNKNOWN: 100.0}
+    store.apply("a", update(Status.COMPLETED, Finish(Status.COMPLETED)), 150.0, None)
+    assert store.prune(140.0) == 0
+    assert store.prune(160.0) == 1
+    assert store.get("a") is None and store.get("b") is not None
+    assert store.count_by_status() == {Status.UNKNOWN: 1}
+    store.add([], 170.0, ("file", "[1, 20]"))
+    assert store.source_state("file") == "[1, 20]"
+
+
+def test_counts_oldest_and_models_follow_updates(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x", model="m1"), DiscoveredTask("b", "x")], 100.0)
+    assert store.apply("a", update(Status.PROCESSING), 101.0, None)
+    assert store.count_by_status() == {Status.UNKNOWN: 1, Status.PROCESSING: 1}
+    assert store.oldest_active() == {Status.UNKNOWN: 100.0, Status.PROCESSING: 90.0}
+    assert store.apply("b", update(Status.PENDING), 101.0, None)
+    assert store.count_by_status() == {Status.PENDING: 1, Status.PROCESSING: 1}
+    assert store.apply("a", update(Status.TIMEOUT, Finish(Status.TIMEOUT)), 102.0, None)
+    assert store.count_by_status() == {Status.PENDING: 1, Status.TIMEOUT: 1}
+    assert store.oldest_active() == {Status.PENDING: 90.0}
+    # Models seen so far (SQLite: of the tasks kept; Redis: ever, until they are re-read).
+    assert "flux" in store.models() and set(store.models()) <= {"m1", "flux"}
+
+
+def test_concurrent_finishes_record_once(make_store: MakeStore) -> None:
+    """Two replicas (or connections) race to store the same finish: one wins each task."""
+    first, second = make_store("r1"), make_store("r2")
+    ids = [f"t{n}" for n in range(40)]
+    first.add([DiscoveredTask(i, "x") for i in ids], 100.0)
+    wins: dict[str, list[str]] = {"r1": [], "r2": []}
+    barrier = threading.Barrier(2)
+
+    def race(store: TaskStore, name: str) -> None:
+        barrier.wait()
+        for task_id in ids:
+            done = update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0))
+            if store.apply(task_id, done, 105.0, None):
+                wins[name].append(task_id)
+
+    threads = [
+        threading.Thread(target=race, args=(s, n)) for s, n in ((first, "r1"), (second, "r2"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins["r1"] + wins["r2"]) == sorted(ids)
+    assert first.count_by_status() == {Status.COMPLETED: len(ids)}
+
+
+# ---- Redis only -------------------------------------------------------------
+
+
+def redis_store(server: RedisServer, replica: str, lease: float = 30.0) -> RedisTaskStore:
+    return RedisTaskStore(server.url, prefix="t:", replica_id=replica, lease_seconds=lease)
+
+
+def test_due_leases_tasks_to_one_replica(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    one, two = redis_store(redis_server, "r1", 30), redis_store(redis_server, "r2", 30)
+    one.add([DiscoveredTask(f"t{n}", "x") for n in range(6)], 100.0)
+    mine = {t.task_id for t in one.due(100.0, 4)}
+    assert len(mine) == 4
+    assert {t.task_id for t in one.due(100.0, 4)} == mine  # the holder sees them again
+    theirs = {t.task_id for t in two.due(101.0, 10)}
+    assert theirs == {f"t{n}" for n in range(6)} - mine
+    # The first replica died: its leases run out and the second takes over.
+    assert {t.task_id for t in two.due(131.0, 10)} == {f"t{n}" for n in range(6)}
+    late = next(iter(mine))
+    done = update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0))
+    assert not one.apply(late, done, 132.0, None)  # the lease is someone else's now
+    assert two.apply(late, done, 132.0, None)
+    assert two.finished_by(late) == "r2"
+    assert not two.apply(late, done, 133.0, None)
+    # A stored non-terminal result frees the task for any replica.
+    other = sorted(theirs)[0]
+    assert two.apply(other, update(Status.PROCESSING, next_poll_at=140.0), 133.0, None)
+    assert other in {t.task_id for t in one.due(141.0, 10)}
+    one.close()
+    two.close()
+
+
+def test_unreachable_redis_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"redis://:\*\*\*@127.0.0.1:1/0"):
+        RedisTaskStore("redis://:secret@127.0.0.1:1/0")
+    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_shared_budget_spaces_the_whole_group(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    a = SharedRequestBudget(redis_client, rate=10, burst=1, prefix="b:")
+    b = SharedRequestBudget(redis_client, rate=10, burst=1, prefix="b:")
+    waits = [budget.reserve() for budget in (a, b, a, b, a)]
+    # One slot every 0.1 s across both, give or take the time the calls took.
+    for number, wait in enumerate(waits):
+        assert number * 0.1 - 0.05 <= wait <= number * 0.1 + 0.01
+    b.pause_for(5)
+    assert 4.5 < a.reserve() <= 5.0
+    other_group = SharedRequestBudget(redis_client, rate=10, burst=1, prefix="c:")
+    assert other_group.reserve() == 0.0
