@@ -364,6 +364,13 @@ class RedisTaskStore:
         fields = cast(dict[str, str], self.client.hgetall(self._key("task", task_id)))
         return _task(fields) if fields else None
 
+    def known(self, task_ids: list[str]) -> set[str]:
+        """Which of these task IDs the store has (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.exists(self._key("task", task_id))
+        return {task_id for task_id, n in zip(task_ids, pipe.execute(), strict=True) if n}
+
     def finished_by(self, task_id: str) -> str | None:
         """The replica whose terminal record won, for a finished task."""
         return cast(str | None, self.client.hget(self._key("task", task_id), "finished_by"))
