@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
+from exporter.api.mounts import WebApis
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -21,12 +22,14 @@ from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.poller.cycle import PollCycle
-from exporter.poller.ratelimit import RequestBudget
+from exporter.poller.ratelimit import AccountShare, RequestBudget
+from exporter.poller.schedule import build_schedule
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.store.base import TaskStore
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
+from exporter.web.security import WebSecurity
 from exporter.web.server import WebServer, build_app
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class Agent:
             max_response_bytes=config.api.max_response_bytes,
             max_connections=config.api.max_connections,
         )
+        self.schedule = build_schedule(polling)  # None: fixed-interval polling
         self.cycle = PollCycle(
             self.store,
             self.client,
@@ -96,6 +100,7 @@ class Agent:
                 max_wait=polling.max_wait_seconds,
                 backoff_base=polling.backoff_base_seconds,
                 backoff_max=polling.backoff_max_seconds,
+                planner=self.schedule,
             ),
             workers=config.api.max_connections,
             # About two cycles' worth of budget: enough to keep the pool busy,
@@ -103,6 +108,8 @@ class Agent:
             batch_size=max(
                 1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)
             ),
+            schedule=self.schedule,
+            share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
@@ -190,6 +197,7 @@ class Agent:
         finisher.join(deadline)
         if finisher.is_alive():
             log.warning("in-flight polls did not finish within %.0f s; abandoning them", deadline)
+        self.cycle.save_stats()
         self.client.close()
         self.store.close()
 
@@ -200,12 +208,21 @@ def serve(
     listen_address: str,
     config_source: str = "",
     stop: threading.Event | None = None,
+    web_security: WebSecurity | None = None,
 ) -> int:
-    """Run the agent and its web server until SIGINT/SIGTERM (or `stop` is set)."""
+    """Run the agent and its web server until SIGINT/SIGTERM (or `stop` is set).
+
+    `web_security` (from --web.config.file) puts TLS and basic auth on every endpoint.
+    """
     stop = stop or threading.Event()
+    apis = WebApis.from_config(config)  # an unusable API token stops the start (ValueError)
     agent = Agent(config, api_key, config_source)
+    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
+    if web_security is not None:
+        app = web_security.wrap(app)
+        log.info("web: %s", web_security.describe())
     try:
-        web = WebServer(build_app(agent.registry, agent), listen_address)
+        web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
         log.error("cannot listen on %s: %s", listen_address, exc.strerror)

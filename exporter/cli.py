@@ -18,7 +18,7 @@ from exporter.config import (
 from exporter.logsetup import add_secret, setup_logging
 from exporter.store.sqlite import StoreError
 
-COMMANDS = ("run", "simulate", "demo", "check-config")
+COMMANDS = ("run", "simulate", "demo", "check-config", "track")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="overrides log_level from the config",
     )
+    _web_config_flag(run)
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     _config_flag(check)
+    _web_config_flag(check)
     check.set_defaults(handler=_check_config)
 
     demo = commands.add_parser(
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     from exporter import demo as demo_module
 
     demo_module.add_arguments(demo)
+    _web_config_flag(demo)
     demo.set_defaults(handler=demo_module.run)
 
     simulate = commands.add_parser("simulate", help="serve a simulator of the upstream API")
@@ -73,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(handler=simulator_cli.run)
+
+    track = commands.add_parser("track", help="register tasks with a running exporter's API")
+    from exporter import track as track_module
+
+    track_module.add_arguments(track)
+    track.set_defaults(handler=track_module.run)
     return parser
 
 
@@ -85,10 +94,23 @@ def _config_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _web_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="TLS and basic auth for every endpoint, in the Prometheus exporter-toolkit "
+        "format (see docs/security.md)",
+    )
+
+
 def _check_config(args: argparse.Namespace) -> int:
+    from exporter.web.security import load_web_security
+
     try:
         config = load_config(args.config_file)
         read_api_key(config)
+        load_web_security(args.web_config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -102,10 +124,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from exporter.agent import serve
+    from exporter.web.security import load_web_security
 
     try:
         config = load_config(args.config_file)
         api_key = read_api_key(config)
+        web_security = load_web_security(args.web_config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -120,7 +144,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     add_secret(api_key.get_secret_value())
     try:
-        return serve(config, api_key, args.listen_address, str(args.config_file))
+        return serve(
+            config,
+            api_key,
+            args.listen_address,
+            str(args.config_file),
+            web_security=web_security,
+        )
     except StoreError as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import random
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -118,7 +119,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from exporter.agent import serve
+    from exporter.config import ConfigError
+    from exporter.web.security import load_web_security
 
+    try:
+        web_security = load_web_security(getattr(args, "web_config_file", None))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
     setup_logging("info")
     with tempfile.TemporaryDirectory(prefix="lemondata-demo-") as tmp:
         data_dir = args.data_dir or Path(tmp)
@@ -154,7 +163,13 @@ def run(args: argparse.Namespace) -> int:
             task_file,
         )
         try:
-            return serve(config, SecretStr(DEMO_KEY), args.listen_address, "demo")
+            return serve(
+                config,
+                SecretStr(DEMO_KEY),
+                args.listen_address,
+                "demo",
+                web_security=web_security,
+            )
         finally:
             feeder.stop()
             simulator.stop()

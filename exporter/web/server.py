@@ -92,6 +92,7 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
 {f'<p class="hint"><strong>{html.escape(hint)}</strong></p>' if hint else ""}
 <ul>
 <li><a href="metrics">Metrics</a></li>
+<li><a href="status">Status of the tasks</a></li>
 <li><a href="-/healthy">Health</a></li>
 <li><a href="-/ready">Readiness</a></li>
 </ul>
@@ -110,6 +111,25 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    tls: ssl.SSLContext | None = None
+    tls_handshake_timeout = 10.0
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's own thread: the TLS handshake happens here, so a
+        slow or silent client cannot hold up the accept loop."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.tls_handshake_timeout)
+        try:
+            tls_socket = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(tls_socket, client_address)
+        finally:
+            tls_socket.close()
 
 
 class _ThreadingWSGIServer6(_ThreadingWSGIServer):
@@ -117,6 +137,8 @@ class _ThreadingWSGIServer6(_ThreadingWSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 60  # seconds a silent client may hold a connection (and its thread)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
@@ -136,8 +158,7 @@ class WebServer:
         self._server = make_server(
             host, port, app, server_class=server_class, handler_class=_QuietHandler
         )
-        if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._server.tls = tls  # handshakes happen per connection, in finish_request
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
 
     @property

@@ -86,6 +86,7 @@ class ExporterProcess:
             self.env["LEMONDATA_API_KEY"] = api_key
         self.log_path = workdir / "exporter.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []  # more flags for `run`, e.g. --web.config.file
 
     def start(self, wait_ready: bool = True) -> ExporterProcess:
         log = self.log_path.open("ab")
@@ -99,6 +100,7 @@ class ExporterProcess:
                 str(self.config_path),
                 "--web.listen-address",
                 f"127.0.0.1:{self.port}",
+                *self.extra_args,
             ],
             cwd=self.workdir,
             env=self.env,
