@@ -120,6 +120,16 @@ class PollingConfig(_Section):
     backoff_base_seconds: PositiveSeconds = 2.0
     backoff_max_seconds: PositiveSeconds = 300.0
     shutdown_timeout_seconds: PositiveSeconds = 10.0
+    # `adaptive`: poll each task by how likely it is to have finished, learnt per
+    # model (docs/benchmarks.md); `fixed`: every task_interval_seconds.
+    strategy: Literal["fixed", "adaptive"] = "adaptive"
+    # Adaptive: see 95 % of finishes within this time; polls where a finish is
+    # likely are at most task_interval_seconds apart, and never further than
+    # max_interval_seconds elsewhere.
+    freshness_target_seconds: PositiveSeconds = 5.0
+    max_interval_seconds: PositiveSeconds = 60.0
+    # Share of the account's rate limit (X-RateLimit-* headers) left to the application.
+    rate_limit_reserve_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
 
 
 def check_redis_url(value: str | None) -> str | None:
@@ -285,6 +295,25 @@ class ProxyConfig(_Section):
         return [path.rstrip("/") or "/" for path in value]
 
 
+class ApiServerConfig(_Section):
+    """The task API (/api/v1/): on only when a token is set (see docs/api.md)."""
+
+    # File holding the bearer token; else $LEMONDATA_EXPORTER_TOKEN; neither: the API is off.
+    token_file: Path | None = None
+    max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
+    max_batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token_in_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "token" in data:
+            raise ValueError(
+                "api_server.token: the token must not be written in the config file; "
+                "set $LEMONDATA_EXPORTER_TOKEN or api_server.token_file"
+            )
+        return data
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     polling: PollingConfig = PollingConfig()
@@ -293,6 +322,7 @@ class Config(_Section):
     discovery: DiscoveryConfig = DiscoveryConfig()
     failure_reasons: list[FailureReason] = list(DEFAULT_FAILURE_REASONS)
     metrics: MetricsConfig = MetricsConfig()
+    api_server: ApiServerConfig = ApiServerConfig()
     proxy: ProxyConfig = ProxyConfig()
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
 

@@ -40,7 +40,7 @@ TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 def valid_task_id(task_id: str) -> bool:
-    return bool(TASK_ID_PATTERN.match(task_id))
+    return bool(TASK_ID_PATTERN.fullmatch(task_id))  # `$` alone would accept a final newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,8 @@ class Task:
     reason: str | None = None
     error_message: str | None = None  # raw upstream text, for people; never a label
     last_error: str | None = None  # last poll problem, for people
+    progress: float | None = None  # last `progress` reading while processing (0-100)
+    progress_at: float | None = None  # when that reading was true (upstream `updated`, or ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +156,5 @@ class TaskUpdate:
     finish: Finish | None = None
     error_kind: str | None = None  # an `api_errors_total` kind found in a 200 body
     last_error: str | None = None
+    progress: float | None = None
+    progress_at: float | None = None

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from exporter.model import DiscoveredTask, Status, Task, TaskUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A status change of a task, as `apply` saw it (the store keeps the last 50 per task)."""
+
+    at: float  # unix seconds: the `now` passed to `apply`
+    status: Status
+    previous: Status
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """Tasks of one model in the store (`model` None: tasks nobody named a model for)."""
+
+    model: str | None
+    active: int  # unknown, pending or processing
+    finished: int  # any finished status
+    failed: int  # status failed only
+    median_duration_seconds: float | None  # over completed tasks with a duration
 
 
 class TaskStore(Protocol):
@@ -40,4 +61,51 @@ class TaskStore(Protocol):
 
     def source_state(self, source: str) -> str | None: ...
 
+    # Read by the task API (/api/v1/) and the status page (/status).
+
+    def list_tasks(
+        self,
+        status: Status | None = None,
+        model: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Up to `limit` tasks ordered by task ID, those whose ID sorts after `after`
+        (None: from the start), with that status and model if given (model: exact match)."""
+        ...
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's status changes, oldest first; [] for an unknown task.
+
+        `apply` records one, in its own write, whenever a task's status changes;
+        the oldest are dropped beyond 50 per task; `prune` and `remove` drop them too."""
+        ...
+
+    def remove(self, task_id: str) -> bool:
+        """Stop tracking a task (and drop its events); False if it was not in the store."""
+        ...
+
+    def in_flight(self, limit: int) -> list[Task]:
+        """Unfinished tasks, oldest first (by created, else discovered_at)."""
+        ...
+
+    def latest_finished(self, statuses: Sequence[Status], limit: int) -> list[Task]:
+        """Finished tasks with one of these statuses, most recently finished first."""
+        ...
+
+    def model_summaries(self) -> list[ModelSummary]:
+        """One summary per model (None included), ordered by model; at most 1000."""
+        ...
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ModelStatsStore(Protocol):
+    """A store that keeps what adaptive polling learnt per model across restarts."""
+
+    def load_model_stats(self) -> dict[str, str]: ...
+
+    def save_model_stats(self, stats: dict[str, str | None]) -> None:
+        """Replace these models' saved texts; None forgets a model."""
+        ...

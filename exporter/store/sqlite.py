@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
+from exporter.store.base import ModelSummary, TaskEvent
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -45,11 +46,25 @@ CREATE TABLE IF NOT EXISTS source_state (
     source TEXT PRIMARY KEY,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS task_events (
+    seq INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    previous TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS model_stats (
+    model TEXT PRIMARY KEY,
+    stats TEXT NOT NULL
+);
 """
+# Columns added after the first release: (name, type), added to older files on open.
+_ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
 _COLUMNS = (
     "task_id, source, model, poll_url, status, discovered_at, next_poll_at, created, "
     "first_seen, last_polled, processing_seen, attempts, consecutive_errors, finished_at, "
-    "duration_seconds, reason, error_message, last_error"
+    "duration_seconds, reason, error_message, last_error, progress, progress_at"
 )
 
 
@@ -73,6 +88,7 @@ class SqliteTaskStore:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer version (schema {version})")
             self._db.executescript(_SCHEMA)
+            _add_columns(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
@@ -145,12 +161,15 @@ class SqliteTaskStore:
         """Store a poll's result. False if the task is gone or already finished."""
         finish = update.finish
         with self._transaction() as db:
+            before = db.execute(
+                "SELECT status FROM tasks WHERE task_id = ? AND finished_at IS NULL", (task_id,)
+            ).fetchone()
             cursor = db.execute(
                 "UPDATE tasks SET status = ?, next_poll_at = ?, consecutive_errors = ?,"
                 " created = ?, model = ?, first_seen = ?, processing_seen = ?, last_polled = ?,"
                 " attempts = attempts + 1, last_error = ?, finished_at = ?,"
-                " duration_seconds = ?, reason = ?, error_message = ?"
-                " WHERE task_id = ? AND finished_at IS NULL",
+                " duration_seconds = ?, reason = ?, error_message = ?, progress = ?,"
+                " progress_at = ? WHERE task_id = ? AND finished_at IS NULL",
                 (
                     update.status.value,
                     update.next_poll_at,
@@ -165,9 +184,13 @@ class SqliteTaskStore:
                     finish.duration if finish else None,
                     reason,
                     finish.error_message if finish else None,
+                    update.progress,
+                    update.progress_at,
                     task_id,
                 ),
             )
+            if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
+                _record_event(db, task_id, now, before[0], update.status.value)
             return cursor.rowcount == 1
 
     def get(self, task_id: str) -> Task | None:
@@ -205,6 +228,11 @@ class SqliteTaskStore:
     def prune(self, finished_before: float) -> int:
         """Forget finished tasks older than the retention."""
         with self._transaction() as db:
+            db.execute(
+                "DELETE FROM task_events WHERE task_id IN (SELECT task_id FROM tasks"
+                " WHERE finished_at IS NOT NULL AND finished_at < ?)",
+                (finished_before,),
+            )
             return db.execute(
                 "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
                 (finished_before,),
@@ -216,6 +244,131 @@ class SqliteTaskStore:
                 "SELECT state FROM source_state WHERE source = ?", (source,)
             ).fetchone()
         return row[0] if row else None
+
+    def load_model_stats(self) -> dict[str, str]:
+        """What adaptive polling learnt per model (see poller/schedule.py)."""
+        with self._lock:
+            rows = self._db.execute("SELECT model, stats FROM model_stats LIMIT 1000").fetchall()
+        return {model: stats for model, stats in rows}
+
+    def save_model_stats(self, stats: dict[str, str | None]) -> None:
+        """Replace the saved stats of these models (None: forget the model)."""
+        with self._transaction() as db:
+            for model, text in stats.items():
+                if text is None:
+                    db.execute("DELETE FROM model_stats WHERE model = ?", (model,))
+                else:
+                    db.execute(
+                        "INSERT INTO model_stats (model, stats) VALUES (?, ?)"
+                        " ON CONFLICT (model) DO UPDATE SET stats = excluded.stats",
+                        (model, text),
+                    )
+
+    def list_tasks(
+        self,
+        status: Status | None = None,
+        model: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Tasks ordered by ID, after `after`, filtered by status and model."""
+        where, params = [], []
+        for clause, value in (("status = ?", status), ("model = ?", model), ("task_id > ?", after)):
+            if value is not None:
+                where.append(clause)
+                params.append(str(value))
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks{condition} ORDER BY task_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's status changes, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, status, previous FROM task_events WHERE task_id = ? ORDER BY seq",
+                (task_id,),
+            ).fetchall()
+        return [TaskEvent(at, Status(status), Status(previous)) for at, status, previous in rows]
+
+    def remove(self, task_id: str) -> bool:
+        """Stop tracking a task; False if it was not in the store."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM task_events WHERE task_id = ?", (task_id,))
+            return db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount == 1
+
+    def in_flight(self, limit: int) -> list[Task]:
+        """Unfinished tasks, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL"
+                " ORDER BY COALESCE(created, discovered_at), task_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def latest_finished(self, statuses: Sequence[Status], limit: int) -> list[Task]:
+        """Finished tasks with one of these statuses, most recently finished first."""
+        if not statuses:
+            return []
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NOT NULL"
+                f" AND status IN ({marks}) ORDER BY finished_at DESC, task_id LIMIT ?",
+                (*(status.value for status in statuses), limit),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def model_summaries(self) -> list[ModelSummary]:
+        """Per model: tasks in flight, finished, failed, median duration of completed ones."""
+        with self._lock:
+            counts = self._db.execute(
+                "SELECT model, SUM(finished_at IS NULL), SUM(finished_at IS NOT NULL),"
+                " SUM(status = 'failed') FROM tasks GROUP BY model ORDER BY model LIMIT 1000"
+            ).fetchall()
+            medians = dict(
+                self._db.execute(
+                    "WITH d AS (SELECT model, duration_seconds AS v, ROW_NUMBER() OVER"
+                    " (PARTITION BY model ORDER BY duration_seconds) AS n,"
+                    " COUNT(*) OVER (PARTITION BY model) AS c FROM tasks"
+                    " WHERE status = 'completed' AND duration_seconds IS NOT NULL)"
+                    " SELECT model, AVG(v) FROM d WHERE n IN ((c + 1) / 2, (c + 2) / 2)"
+                    " GROUP BY model"
+                ).fetchall()
+            )
+        return [
+            ModelSummary(model, active, finished, failed, medians.get(model))
+            for model, active, finished, failed in counts
+        ]
+
+
+# Status changes kept per task: a task that flaps must not grow the store.
+MAX_EVENTS_PER_TASK = 50
+
+
+def _record_event(
+    db: sqlite3.Connection, task_id: str, at: float, previous: str, status: str
+) -> None:
+    db.execute(
+        "INSERT INTO task_events (task_id, at, previous, status) VALUES (?, ?, ?, ?)",
+        (task_id, at, previous, status),
+    )
+    db.execute(
+        "DELETE FROM task_events WHERE task_id = ? AND seq <= (SELECT seq FROM task_events"
+        " WHERE task_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (task_id, task_id, MAX_EVENTS_PER_TASK),
+    )
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
 
 def _task(row: tuple[Any, ...]) -> Task:

@@ -1,0 +1,54 @@
+"""What `agent.serve` mounts on the web server: the task API and the status page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from exporter.api.app import RegistrationRecorder, TaskApi
+from exporter.api.auth import TOKEN_ENV, read_token
+from exporter.api.status_page import PATH as STATUS_PATH
+from exporter.api.status_page import StatusPage
+from exporter.config import Config
+from exporter.logsetup import add_secret
+from exporter.store.base import TaskStore
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WebApis:
+    """Reads the token when built (so a bad token file stops the start), mounts later."""
+
+    def __init__(self, config: Config, token: SecretStr | None) -> None:
+        self.config = config
+        self.token = token
+
+    @classmethod
+    def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> WebApis:
+        """Raises `auth.TokenError` (a ValueError) for an unusable token."""
+        token = read_token(config, environ)
+        if token is not None:
+            add_secret(token.get_secret_value())
+        return cls(config, token)
+
+    def mounts(self, store: TaskStore, recorder: RegistrationRecorder) -> dict[str, WSGIApp]:
+        settings = self.config.api_server
+        if self.token is None:
+            log.info(
+                "task API off (/api/v1/): set $%s or api_server.token_file to turn it on", TOKEN_ENV
+            )
+        else:
+            log.info("task API on /api/v1/ (bearer token required)")
+        api = TaskApi(
+            store,
+            recorder,
+            self.token,
+            max_body_bytes=settings.max_body_bytes,
+            max_batch_size=settings.max_batch_size,
+        )
+        return {"/api/": api, STATUS_PATH: StatusPage(store)}
