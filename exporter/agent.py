@@ -22,12 +22,13 @@ from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.poller.cycle import PollCycle
-from exporter.poller.ratelimit import AccountShare, RequestBudget
+from exporter.poller.ratelimit import AccountShare
 from exporter.poller.schedule import build_schedule
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
+from exporter.proxy import build_proxy
+from exporter.replicas import open_store, request_budget, stream_sources
 from exporter.store.base import TaskStore
-from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
 from exporter.web.security import WebSecurity
 from exporter.web.server import WebServer, build_app
@@ -65,7 +66,7 @@ class Agent:
         self.registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=self.registry)
-        self.store: TaskStore = SqliteTaskStore(config.store.path)
+        self.store: TaskStore = open_store(config)  # SQLite, or Redis shared by replicas
         self.classifier = ReasonClassifier(config.failure_reasons)
         self.recorder = Recorder(
             self.registry,
@@ -79,6 +80,7 @@ class Agent:
         self.registry.register(TaskStoreCollector(self.store))
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
+        self.sources += stream_sources(config, self.store)
         polling = config.polling
         self.client = UpstreamClient(
             config.api.base_url,
@@ -94,7 +96,7 @@ class Agent:
             self.client,
             self.classifier,
             self.recorder,
-            RequestBudget(polling.requests_per_second),
+            request_budget(config, self.store),  # shared by the group with Redis
             PollPolicy(
                 task_interval=polling.task_interval_seconds,
                 max_wait=polling.max_wait_seconds,
@@ -110,6 +112,7 @@ class Agent:
             ),
             schedule=self.schedule,
             share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
+            lookahead=polling.cycle_interval_seconds / 2,
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
@@ -227,6 +230,12 @@ def serve(
         agent.store.close()
         log.error("cannot listen on %s: %s", listen_address, exc.strerror)
         return 1
+    try:
+        proxy = build_proxy(config, agent.store, agent.recorder) if config.proxy.enabled else None
+    except OSError as exc:
+        agent.store.close()
+        log.error("proxy: cannot listen on %s: %s", config.proxy.listen_address, exc.strerror)
+        return 1
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set())
         for sig in (signal.SIGINT, signal.SIGTERM)
@@ -234,6 +243,9 @@ def serve(
     }
     web.start()
     agent.start()
+    if proxy is not None:
+        proxy.start()
+        log.info("proxy on %s for %s", config.proxy.listen_address, config.api.base_url)
     log.info(
         "listening on %s (metrics at /metrics), polling %s", listen_address, config.api.base_url
     )
@@ -242,6 +254,8 @@ def serve(
         log.warning("%s", hint)
     stop.wait()
     log.info("shutting down")
+    if proxy is not None:
+        proxy.stop()  # no new tasks while the agent stops
     agent.stop()  # /-/ready answers 503 meanwhile
     web.stop()
     for sig, handler in previous.items():

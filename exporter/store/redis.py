@@ -37,6 +37,7 @@ import redis
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
 from exporter.poller.ratelimit import RequestBudget
+from exporter.store.base import ModelSummary, TaskEvent
 from exporter.store.sqlite import StoreError
 
 PRUNE_BATCH = 1000
@@ -57,6 +58,7 @@ for i = 5, #ARGV, 4 do
     end
     if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'poll_url', ARGV[i + 3]) end
     redis.call('ZADD', p .. 'due', now, id)
+    redis.call('ZADD', p .. 'ids', 0, id)
     redis.call('ZADD', p .. 'active:unknown', now, id)
     redis.call('HINCRBY', p .. 'count', 'unknown', 1)
     added[#added + 1] = (i - 5) / 4
@@ -105,7 +107,7 @@ local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_un
   'discovered_at')
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', key, ARGV[i])
   else
@@ -120,6 +122,9 @@ if cur[1] ~= status then
   redis.call('HINCRBY', p .. 'count', cur[1], -1)
   redis.call('HINCRBY', p .. 'count', status, 1)
   redis.call('ZREM', p .. 'active:' .. cur[1], id)
+  local events = p .. 'events:' .. id
+  redis.call('RPUSH', events, now .. ' ' .. status .. ' ' .. cur[1])
+  redis.call('LTRIM', events, -tonumber(ARGV[9]), -1)
 end
 if finishing == '1' then
   redis.call('HSET', key, 'finished_at', now, 'finished_by', me)
@@ -144,10 +149,24 @@ for _, id in ipairs(ids) do
   local key = p .. 'task:' .. id
   local status = redis.call('HGET', key, 'status')
   if status then redis.call('HINCRBY', p .. 'count', status, -1) end
-  redis.call('DEL', key)
+  redis.call('DEL', key, p .. 'events:' .. id)
   redis.call('ZREM', p .. 'finished', id)
+  redis.call('ZREM', p .. 'ids', id)
 end
 return #ids
+"""
+
+_REMOVE = """
+local p, id = ARGV[1], ARGV[2]
+local key = p .. 'task:' .. id
+local status = redis.call('HGET', key, 'status')
+if not status then return 0 end
+redis.call('HINCRBY', p .. 'count', status, -1)
+redis.call('DEL', key, p .. 'events:' .. id)
+for _, index in ipairs({'due', 'finished', 'ids', 'active:' .. status}) do
+  redis.call('ZREM', p .. index, id)
+end
+return 1
 """
 
 # GCRA on the server's clock (replicas' clocks may differ): every call takes
@@ -180,14 +199,12 @@ end
 return 1
 """
 
-_FLOAT_FIELDS = (
-    "created",
-    "first_seen",
-    "last_polled",
-    "processing_seen",
-    "finished_at",
-    "duration_seconds",
-)
+# Status changes kept per task: a task that flaps must not grow the store.
+MAX_EVENTS_PER_TASK = 50
+# Finished tasks looked at, at most, to find the latest of some statuses.
+MAX_FINISHED_SCAN = 10_000
+PAGE = 500
+_SUMMARY_FIELDS = ("model", "status", "finished_at", "duration_seconds")
 
 
 def default_replica_id() -> str:
@@ -257,6 +274,8 @@ def _task(fields: dict[str, str]) -> Task:
         reason=fields.get("reason") or None,
         error_message=fields.get("error_message") or None,
         last_error=fields.get("last_error") or None,
+        progress=number("progress"),
+        progress_at=number("progress_at"),
     )
 
 
@@ -285,6 +304,7 @@ class RedisTaskStore:
         self._due = self.client.register_script(_DUE)
         self._apply = self.client.register_script(_APPLY)
         self._prune = self.client.register_script(_PRUNE)
+        self._remove = self.client.register_script(_REMOVE)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -345,6 +365,8 @@ class RedisTaskStore:
             "duration_seconds": finish.duration if finish else None,
             "reason": reason,
             "error_message": finish.error_message if finish else None,
+            "progress": update.progress,
+            "progress_at": update.progress_at,
         }
         args = [
             self.prefix,
@@ -355,6 +377,7 @@ class RedisTaskStore:
             update.status.value,
             "1" if update.status.value in _ACTIVE else "0",
             _text(update.next_poll_at),
+            str(MAX_EVENTS_PER_TASK),
         ]
         for name, value in fields.items():
             args += [name, _text(value)]
@@ -406,6 +429,163 @@ class RedisTaskStore:
 
     def source_state(self, source: str) -> str | None:
         return cast(str | None, self.client.hget(self._key("source_state"), source))
+
+    # ---- for the task API and the status page ---------------------------------
+
+    def _tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        """These tasks, in this order; those gone meanwhile are left out."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(self._key("task", task_id))
+        return [_task(fields) for fields in pipe.execute() if fields]
+
+    def _fields(self, task_ids: Sequence[str], names: Sequence[str]) -> list[list[str | None]]:
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hmget(self._key("task", task_id), list(names))
+        return cast(list[list[str | None]], pipe.execute())
+
+    def list_tasks(
+        self,
+        status: Status | None = None,
+        model: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Up to `limit` tasks ordered by task ID, after `after`, with that status and model."""
+        found: list[str] = []
+        start = f"({after}" if after is not None else "-"
+        while len(found) < limit:
+            page = cast(
+                list[str],
+                self.client.zrangebylex(self._key("ids"), start, "+", start=0, num=PAGE),
+            )
+            if not page:
+                break
+            if status is None and model is None:
+                found += page
+            else:
+                rows = self._fields(page, ("status", "model"))
+                found += [
+                    task_id
+                    for task_id, (task_status, task_model) in zip(page, rows, strict=True)
+                    if task_status is not None
+                    and (status is None or task_status == status.value)
+                    and (model is None or task_model == model)
+                ]
+            start = f"({page[-1]}"
+        return self._tasks(found[:limit])
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's status changes, oldest first."""
+        events = []
+        for line in cast(list[str], self.client.lrange(self._key("events", task_id), 0, -1)):
+            at, status, previous = line.split(" ")
+            events.append(TaskEvent(float(at), Status(status), Status(previous)))
+        return events
+
+    def remove(self, task_id: str) -> bool:
+        """Stop tracking a task (and drop its events); False if it was not in the store."""
+        return bool(self._remove(args=[self.prefix, task_id]))
+
+    def in_flight(self, limit: int) -> list[Task]:
+        """Unfinished tasks, oldest first (by created, else discovered_at)."""
+        if limit <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for status in ACTIVE_STATUSES:
+            pipe.zrange(self._key("active", status.value), 0, limit - 1, withscores=True)
+        ranked = sorted(
+            (float(score), task_id) for rows in pipe.execute() for task_id, score in rows
+        )
+        return self._tasks([task_id for _, task_id in ranked[:limit]])
+
+    def latest_finished(self, statuses: Sequence[Status], limit: int) -> list[Task]:
+        """Finished tasks with one of these statuses, most recently finished first."""
+        wanted = {status.value for status in statuses}
+        found: list[tuple[float, str]] = []
+        offset = 0
+        while wanted and len(found) < limit and offset < MAX_FINISHED_SCAN:
+            page = cast(
+                list[tuple[str, float]],
+                self.client.zrevrange(
+                    self._key("finished"), offset, offset + PAGE - 1, withscores=True
+                ),
+            )
+            if not page:
+                break
+            offset += len(page)
+            rows = self._fields([task_id for task_id, _ in page], ("status",))
+            found += [
+                (-float(at), task_id)
+                for (task_id, at), (status,) in zip(page, rows, strict=True)
+                if status in wanted
+            ]
+        return self._tasks([task_id for _, task_id in sorted(found)[:limit]])
+
+    def model_summaries(self) -> list[ModelSummary]:
+        """Per model: tasks in flight, finished, failed, median duration of completed ones."""
+        counts: dict[str | None, list[int]] = {}
+        durations: dict[str | None, list[float]] = {}
+        for page in self._id_pages():
+            for model, status, finished_at, duration in self._fields(page, _SUMMARY_FIELDS):
+                if status is None:
+                    continue
+                row = counts.setdefault(model or None, [0, 0, 0])
+                row[0 if finished_at is None else 1] += 1
+                row[2] += status == Status.FAILED.value
+                if status == Status.COMPLETED.value and duration:
+                    durations.setdefault(model or None, []).append(float(duration))
+        ordered = sorted(counts, key=lambda model: (model is not None, model or ""))[:1000]
+        return [
+            ModelSummary(
+                model,
+                active=counts[model][0],
+                finished=counts[model][1],
+                failed=counts[model][2],
+                median_duration_seconds=_median(durations.get(model, [])),
+            )
+            for model in ordered
+        ]
+
+    def _id_pages(self) -> Iterable[list[str]]:
+        start = "-"
+        while True:
+            page = cast(
+                list[str],
+                self.client.zrangebylex(self._key("ids"), start, "+", start=0, num=PAGE),
+            )
+            if not page:
+                return
+            yield page
+            start = f"({page[-1]}"
+
+    # ---- what adaptive polling learnt per model ---------------------------------
+
+    def load_model_stats(self) -> dict[str, str]:
+        stats = cast(dict[str, str], self.client.hgetall(self._key("model_stats")))
+        return dict(list(stats.items())[:1000])
+
+    def save_model_stats(self, stats: dict[str, str | None]) -> None:
+        """Replace the saved stats of these models (None: forget the model)."""
+        key = self._key("model_stats")
+        pipe = self.client.pipeline(transaction=True)
+        for model, text in stats.items():
+            if text is None:
+                pipe.hdel(key, model)
+            else:
+                pipe.hset(key, model, text)
+        pipe.execute()
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class SharedRequestBudget(RequestBudget):

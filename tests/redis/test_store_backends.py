@@ -218,3 +218,132 @@ def test_shared_budget_spaces_the_whole_group(
     assert 4.5 < a.reserve() <= 5.0
     other_group = SharedRequestBudget(redis_client, rate=10, burst=1, prefix="c:")
     assert other_group.reserve() == 0.0
+
+
+# ---- listing, history and removal (the task API and the status page) --------
+
+
+def test_list_tasks_pages_and_filters(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask(f"t{n}", "x", model="m" if n % 2 else None) for n in range(7)], 100.0)
+    assert store.apply("t3", update(Status.PROCESSING), 101.0, None)  # model becomes flux
+    ids = [t.task_id for t in store.list_tasks(limit=3)]
+    assert ids == ["t0", "t1", "t2"]
+    assert [t.task_id for t in store.list_tasks(after="t2", limit=3)] == ["t3", "t4", "t5"]
+    assert [t.task_id for t in store.list_tasks(status=Status.UNKNOWN, model="m")] == ["t1", "t5"]
+    assert [t.task_id for t in store.list_tasks(status=Status.PROCESSING)] == ["t3"]
+    assert store.list_tasks(after="t6") == []
+
+
+def test_events_record_status_changes(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x")], 100.0)
+    assert store.events("a") == []
+    assert store.apply("a", update(Status.PENDING), 101.0, None)
+    assert store.apply("a", update(Status.PENDING), 102.0, None)  # no change, no event
+    assert store.apply("a", update(Status.COMPLETED, Finish(Status.COMPLETED, 3.0)), 103.0, None)
+    assert [(e.at, e.previous, e.status) for e in store.events("a")] == [
+        (101.0, Status.UNKNOWN, Status.PENDING),
+        (103.0, Status.PENDING, Status.COMPLETED),
+    ]
+    assert store.events("missing") == []
+    assert store.remove("a")
+    assert not store.remove("a")
+    assert store.events("a") == [] and store.get("a") is None
+    assert store.count_by_status() == {}
+
+
+def test_events_are_capped_per_task(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x")], 100.0)
+    for n in range(60):
+        status = Status.PENDING if n % 2 else Status.PROCESSING
+        assert store.apply("a", update(status), 101.0 + n, None)
+    events = store.events("a")
+    assert len(events) == 50 and events[-1].at == 160.0
+
+
+def test_in_flight_and_latest_finished(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask(i, "x") for i in ("a", "b", "c", "d")], 100.0)
+    later = TaskUpdate(
+        status=Status.PENDING,
+        next_poll_at=200.0,
+        consecutive_errors=0,
+        created=95.0,
+        model=None,
+        first_seen=101.0,
+        processing_seen=None,
+        last_polled=101.0,
+    )
+    assert store.apply("c", later, 101.0, None)
+    assert [t.task_id for t in store.in_flight(10)] == ["c", "a", "b", "d"]
+    assert [t.task_id for t in store.in_flight(2)] == ["c", "a"]
+    assert store.apply("a", update(Status.FAILED, Finish(Status.FAILED, 1.0)), 110.0, "x")
+    assert store.apply("b", update(Status.COMPLETED, Finish(Status.COMPLETED, 2.0)), 120.0, None)
+    assert store.apply("d", update(Status.FAILED, Finish(Status.FAILED, 1.0)), 130.0, "x")
+    assert [t.task_id for t in store.latest_finished([Status.FAILED], 10)] == ["d", "a"]
+    both = store.latest_finished([Status.FAILED, Status.COMPLETED], 2)
+    assert [t.task_id for t in both] == ["d", "b"]
+    assert store.latest_finished([], 10) == []
+    assert [t.task_id for t in store.in_flight(10)] == ["c"]
+
+
+def test_model_summaries(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add(
+        [
+            DiscoveredTask("a", "x", model="flux"),
+            DiscoveredTask("b", "x", model="flux"),
+            DiscoveredTask("c", "x", model="flux"),
+            DiscoveredTask("d", "x"),
+        ],
+        100.0,
+    )
+    for task_id, seconds in (("a", 4.0), ("b", 8.0)):
+        done = update(Status.COMPLETED, Finish(Status.COMPLETED, seconds))
+        assert store.apply(task_id, done, 110.0, None)
+    summaries = {s.model: s for s in store.model_summaries()}
+    assert set(summaries) == {None, "flux"}
+    flux = summaries["flux"]
+    assert (flux.active, flux.finished, flux.failed, flux.median_duration_seconds) == (
+        1,
+        2,
+        0,
+        6.0,
+    )
+    assert (summaries[None].active, summaries[None].median_duration_seconds) == (1, None)
+    assert [s.model for s in store.model_summaries()] == [None, "flux"]
+
+
+def test_progress_is_kept(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask("a", "x")], 100.0)
+    moving = TaskUpdate(
+        status=Status.PROCESSING,
+        next_poll_at=200.0,
+        consecutive_errors=0,
+        created=95.0,
+        model=None,
+        first_seen=101.0,
+        processing_seen=101.0,
+        last_polled=101.0,
+        progress=40.0,
+        progress_at=100.5,
+    )
+    assert store.apply("a", moving, 101.0, None)
+    task = store.get("a")
+    assert task is not None and (task.progress, task.progress_at) == (40.0, 100.5)
+
+
+def test_model_stats_survive_reopen(make_store: MakeStore) -> None:
+    from exporter.store.base import ModelStatsStore
+
+    store = make_store()
+    assert isinstance(store, ModelStatsStore)
+    store.save_model_stats({"flux": "{1}", "veo": "{2}"})
+    store.save_model_stats({"veo": None})
+    store.close()
+    reopened = make_store()
+    assert isinstance(reopened, ModelStatsStore)
+    assert reopened.load_model_stats() == {"flux": "{1}"}
