@@ -393,7 +393,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "polling": {
                     "cycle_interval_seconds": 0.5,
                     "task_interval_seconds": 1,
-                    "requests_per_second": 20,
+                    "requests_per_second": 12,
                     "backoff_max_seconds": 4,
                 },
                 "store": {"path": str(tmp / "store.db")},
