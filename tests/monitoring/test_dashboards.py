@@ -11,6 +11,7 @@ import pytest
 
 from tests.monitoring.support import (
     DASHBOARDS_DIR,
+    alerts,
     documented_metrics,
     metric_names,
     panel_queries,
@@ -164,3 +165,17 @@ def test_required_panels_are_present() -> None:
 def test_substituted_queries_have_no_variables_left() -> None:
     for _, _, expr in panel_queries():
         assert "$" not in substitute_variables(expr)
+
+
+def test_threshold_lines_match_the_alerts() -> None:
+    generator = _generator()
+    exprs = {alert["alert"]: alert["expr"] for alert in alerts()}
+    for constant, alertname in (
+        ("FAILURE_RATIO_ALERT", "LemonDataTaskFailureRatioHigh"),
+        ("WAITING_AGE_ALERT", "LemonDataTasksStuckWaiting"),
+        ("POLL_LAG_ALERT", "LemonDataPollLagHigh"),
+        ("NOT_POLLING_ALERT", "LemonDataExporterNotPolling"),
+        ("DURATION_ALERT", "LemonDataTaskDurationHigh"),
+    ):
+        value = getattr(generator, constant)
+        assert re.search(rf"> {value:g}\b", exprs[alertname]), f"{constant} != {alertname}"
