@@ -318,6 +318,7 @@ class ProxyServer:
         """Status line, headers, then `head` (already read) and the rest of the body."""
         raw_headers = upstream.raw.headers
         dropped = HOP_BY_HOP | _connection_tokens(raw_headers.getlist("Connection"))
+        handler.log_request(upstream.status_code)
         handler.send_response_only(upstream.status_code, upstream.reason)
         for name, value in raw_headers.items():
             if name.lower() not in dropped:
