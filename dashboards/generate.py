@@ -59,7 +59,15 @@ def failure_ratio(by: str) -> str:
 
 
 def quantile(q: float, buckets: str, by: str, selector: str) -> str:
+    """A quantile from bucket rates, `buckets` being a recorded rate of `_bucket` series."""
     return f"histogram_quantile({q}, sum by ({by}) ({buckets}{{{selector}}}))"
+
+
+def raw_quantile(q: float, bucket_metric: str, by: str) -> str:
+    """A quantile from a `_bucket` counter without a recording rule."""
+    return (
+        f"histogram_quantile({q}, sum by ({by}) (rate({bucket_metric}{{{SEL}}}[$__rate_interval])))"
+    )
 
 
 def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
@@ -641,9 +649,7 @@ def tasks_dashboard() -> dict[str, Any]:
             targets(
                 *(
                     (
-                        f"histogram_quantile({q}, sum by (le) (rate("
-                        f"lemondata_task_duration_uncertainty_seconds_bucket{{{SEL}}}"
-                        "[$__rate_interval])))",
+                        raw_quantile(q, "lemondata_task_duration_uncertainty_seconds_bucket", "le"),
                         f"p{int(q * 100)}",
                     )
                     for q in (0.5, 0.9)
@@ -739,9 +745,9 @@ def exporter_dashboard() -> dict[str, Any]:
             targets(
                 *(
                     (
-                        f"histogram_quantile({q}, sum by (le, instance) (rate("
-                        f"lemondata_poll_cycle_duration_seconds_bucket{{{SEL}}}"
-                        "[$__rate_interval])))",
+                        raw_quantile(
+                            q, "lemondata_poll_cycle_duration_seconds_bucket", "le, instance"
+                        ),
                         f"p{int(q * 100)} {{{{instance}}}}",
                     )
                     for q in (0.5, 0.99)
