@@ -105,15 +105,20 @@ def _web_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from exporter.api.auth import TokenError, read_token
     from exporter.web.security import load_web_security
 
     try:
         config = load_config(args.config_file)
         read_api_key(config)
+        read_token(config)  # the task API's token, when one is set
         load_web_security(args.web_config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except TokenError as exc:
+        print(str(exc), file=sys.stderr)
         return 1
     print(
         f"{args.config_file}: OK ({len(config.tasks)} static task(s), "

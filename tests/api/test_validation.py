@@ -230,3 +230,21 @@ def test_config_section() -> None:
         parse_config({"api_server": {"max_batch_size": 0}}, "c")
     with pytest.raises(ConfigError, match=r"api_server\.tokenfile"):
         parse_config({"api_server": {"tokenfile": "x"}}, "c")
+
+
+def test_check_config_reports_an_unusable_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"api_server:\n  token_file: {tmp_path / 'missing'}\n")
+    monkeypatch.setenv("LEMONDATA_API_KEY", "sk-test")
+    assert main(["check-config", "--config.file", str(config)]) == 1
+    assert "api_server.token_file: cannot read" in capsys.readouterr().err
+    monkeypatch.setenv(TOKEN_ENV, "too-short")
+    config.write_text("api_server: {}\n")
+    assert main(["check-config", "--config.file", str(config)]) == 1
+    assert "at least 16 characters" in capsys.readouterr().err
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert main(["check-config", "--config.file", str(config)]) == 0
