@@ -3,11 +3,17 @@
 The cycle thread picks due tasks, a bounded worker pool sends the requests
 (each waits for the shared request budget first), and results are applied in
 the cycle thread as they arrive: decide -> classify -> store -> record.
+
+With adaptive polling (`schedule`), finished tasks teach the schedule how long
+their model takes, and when more tasks are due than the budget allows, those
+most likely to have finished go first. With `share`, X-RateLimit headers
+lower the budget before the account runs out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -17,15 +23,21 @@ from dataclasses import dataclass
 
 from exporter.classify import ReasonClassifier
 from exporter.metrics.recorder import Recorder, answered
-from exporter.model import OutcomeKind, PollOutcome, Status, Task
-from exporter.poller.ratelimit import RequestBudget
+from exporter.model import Finish, OutcomeKind, PollOutcome, Status, Task
+from exporter.poller.ratelimit import AccountShare, RequestBudget
+from exporter.poller.schedule import AdaptiveSchedule
 from exporter.poller.transitions import PollPolicy, decide
-from exporter.store.base import TaskStore
+from exporter.store.base import ModelStatsStore, TaskStore
 from exporter.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
 # Outcomes about the account rather than the task: logged once per episode.
+# With adaptive polling, due tasks looked at per cycle, per task the budget allows.
+CANDIDATES_PER_SLOT = 4
+# Never slower than this when X-RateLimit headers say the account runs low.
+MIN_RATE = 0.2
+STATS_SAVE_INTERVAL_SECONDS = 30.0
 _ACCOUNT_PROBLEMS = {
     OutcomeKind.UNAUTHORIZED: "the API rejects the API key (HTTP 401/403): check "
     "LEMONDATA_API_KEY or api.key_file; polling goes on with backoff",
@@ -57,6 +69,9 @@ class PollCycle:
         batch_size: int,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        schedule: AdaptiveSchedule | None = None,
+        share: AccountShare | None = None,
+        lookahead: float = 0.0,
     ) -> None:
         self._store = store
         self._client = client
@@ -70,6 +85,19 @@ class PollCycle:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
         self._stop = threading.Event()
         self._account_problem: OutcomeKind | None = None
+        self._schedule = schedule
+        # Tasks due within this many seconds are taken now: with a cycle every
+        # c seconds, half a cycle rounds each task's poll to the nearest cycle
+        # instead of always to the next one (a 3 s interval would become 4 s).
+        self._lookahead = lookahead
+        self._share = share
+        self._configured_rate = budget.rate
+        self._allowed_rate = budget.rate
+        self._stats_saved = time.monotonic()
+        if schedule is not None and isinstance(store, ModelStatsStore):
+            loaded = schedule.learner.load(store.load_model_stats())
+            if loaded:
+                log.info("adaptive polling: task durations of %d model(s) loaded", loaded)
 
     def stop(self) -> None:
         """Stop taking work: waiting workers give up, running requests finish."""
@@ -78,7 +106,12 @@ class PollCycle:
 
     def run_once(self) -> CycleResult:
         started = time.monotonic()
-        tasks = self._store.due(self._clock(), self._batch_size)
+        now = self._clock()
+        limit = self._limit()
+        wanted = limit * CANDIDATES_PER_SLOT if self._schedule is not None else limit
+        tasks = self._pick(self._store.due(now + self._lookahead, wanted), limit, now)
+        deferred = tasks[limit:]
+        tasks = tasks[:limit]
         futures: dict[Future[tuple[PollOutcome, float] | None], Task] = {}
         for task in tasks:
             if self._stop.is_set():
@@ -90,19 +123,61 @@ class PollCycle:
         for future in as_completed(futures):
             if future.cancelled():
                 continue
-            result = future.result()
-            if result is None:  # not sent: shutting down
-                continue
-            outcome, sent_at = result
             task = futures[future]
-            polled += 1
-            lag = max(lag, sent_at - task.next_poll_at)
-            any_answer = bool(any_answer) or answered(outcome)
-            finished += self._apply(task, outcome)
+            try:
+                result = future.result()
+                if result is None:  # not sent: shutting down
+                    continue
+                outcome, sent_at = result
+                polled += 1
+                lag = max(lag, sent_at - task.next_poll_at)
+                any_answer = bool(any_answer) or answered(outcome)
+                finished += self._apply(task, outcome)
+            except Exception:
+                if self._stop.is_set():  # shutting down: the store may be closed already
+                    continue
+                # One task's trouble must not cost the cycle the other results.
+                log.exception("polling task %s failed", task.task_id)
+        if deferred:  # due, but left for later: the budget is short
+            lag = max(lag, self._clock() - min(t.next_poll_at for t in deferred))
         if any_answer is not None:
             self._recorder.api_reachable(any_answer)
+        if time.monotonic() - self._stats_saved > STATS_SAVE_INTERVAL_SECONDS:
+            self.save_stats()
         self._recorder.cycle_done(time.monotonic() - started, lag, self._clock())
         return CycleResult(polled, finished, lag)
+
+    def _limit(self) -> int:
+        """Tasks per cycle: `batch_size`, less when the headers lowered the rate."""
+        share = self._budget.rate / self._configured_rate if self._configured_rate else 1.0
+        return max(1, min(self._batch_size, math.ceil(self._batch_size * share)))
+
+    def _pick(self, due: list[Task], limit: int, now: float) -> list[Task]:
+        """Due tasks in polling order: as given, or, when there are more than
+        `limit`, those most likely to have finished since their last poll first."""
+        schedule = self._schedule
+        if schedule is None or len(due) <= limit:
+            return due
+
+        def chance(task: Task) -> float:
+            start = task.created if task.created is not None else task.discovered_at
+            then = task.last_polled - start if task.last_polled is not None else None
+            return schedule.finish_chance(task.model, then, now - start)
+
+        # Stable sort: equal chances keep the most overdue first.
+        return sorted(due, key=chance, reverse=True)
+
+    def save_stats(self) -> None:
+        """Save what adaptive polling learnt (models changed since the last save)."""
+        self._stats_saved = time.monotonic()
+        if self._schedule is None or not isinstance(self._store, ModelStatsStore):
+            return
+        changed = self._schedule.learner.dump()
+        if changed:
+            try:
+                self._store.save_model_stats(changed)
+            except Exception:  # the store's trouble shows elsewhere; try again later
+                log.warning("could not save adaptive polling stats", exc_info=True)
 
     def _poll(self, task: Task) -> tuple[PollOutcome, float] | None:
         if not self._budget.acquire(self._stop):
@@ -116,6 +191,8 @@ class PollCycle:
         self._note_account_problem(outcome)
         if outcome.kind is OutcomeKind.RATE_LIMITED:
             self._budget.pause_for(outcome.retry_after or self._policy.backoff_base)
+        if self._share is not None and outcome.rate_limit is not None:
+            self._follow_headers(outcome)
         now = self._clock()
         update = decide(task, outcome, now, self._policy, self._jitter())
         finish = update.finish
@@ -125,7 +202,33 @@ class PollCycle:
         if not self._store.apply(task.task_id, update, now, reason):
             return False  # finished or removed meanwhile: already recorded
         self._recorder.task_update(update.model, update, reason)
+        if finish is not None and finish.duration is not None:
+            self._seen_finish(update.model, update.created, finish.duration, finish, now)
         return finish is not None
+
+    def _seen_finish(
+        self, model: str | None, created: float | None, duration: float, finish: Finish, now: float
+    ) -> None:
+        if finish.exact and created is not None:
+            self._recorder.detection_delay(now - (created + duration))
+        elif finish.uncertainty is not None:
+            self._recorder.detection_delay(finish.uncertainty)
+        if self._schedule is not None:
+            # Not exact: the finish happened at some point since the previous poll.
+            late = 0.0 if finish.exact else (finish.uncertainty or 0.0) / 2
+            self._schedule.observe_finish(model, max(0.0, duration - late))
+
+    def _follow_headers(self, outcome: PollOutcome) -> None:
+        assert self._share is not None and outcome.rate_limit is not None
+        info = outcome.rate_limit
+        allowed = self._share.observe(info.limit, info.remaining, info.reset)
+        if self._share.exhausted_for > 0:
+            self._budget.pause_for(self._share.exhausted_for)
+        rate = max(MIN_RATE, allowed)
+        if rate != self._allowed_rate:
+            self._allowed_rate = rate
+            self._budget.rate = rate
+            self._recorder.allowed_rate(rate)
 
     def _note_account_problem(self, outcome: PollOutcome) -> None:
         problem = outcome.kind if outcome.kind in _ACCOUNT_PROBLEMS else None

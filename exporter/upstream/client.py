@@ -16,6 +16,8 @@ from urllib.parse import quote
 import requests
 from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from exporter import __version__
@@ -124,7 +126,11 @@ class UpstreamClient:
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise _BodyTooSlow
-        except (OSError, ValueError) as exc:  # urllib3 protocol/read errors
+        except ReadTimeoutError:
+            raise _BodyTooSlow from None
+        # A reset or a cut body arrives as urllib3's ProtocolError, which is no
+        # OSError: it must become an outcome, not escape into the poll cycle.
+        except (OSError, ValueError, Urllib3Error) as exc:
             raise requests.ConnectionError(str(exc)) from None
         return b"".join(chunks)
 
