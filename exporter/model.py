@@ -66,7 +66,7 @@ class Task:
     next_poll_at: float
     created: float | None = None  # upstream `created`, unix seconds
     first_seen: float | None = None  # first usable answer
-    last_polled: float | None = None  # last request that got any answer
+    last_polled: float | None = None  # last poll that told the task's status
     processing_seen: float | None = None
     attempts: int = 0
     consecutive_errors: int = 0

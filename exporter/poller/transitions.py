@@ -21,6 +21,7 @@ from exporter.model import (
     TaskUpdate,
 )
 from exporter.poller.backoff import backoff_delay, retry_after_delay
+from exporter.poller.schedule import Planner, progress_eta
 
 # Statuses the API documents; anything else is counted and polled again.
 _REPORTED_STATUSES = {
@@ -42,13 +43,20 @@ class PollPolicy:
     backoff_max: float = 300.0
     # Upstream clocks may run ahead of ours; beyond this a timestamp is bogus.
     clock_skew: float = 300.0
+    # Adaptive polling: the next poll of a healthy unfinished task is
+    # `planner.delay(...)` away instead of `task_interval`.
+    planner: Planner | None = None
 
 
 def decide(
     task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
 ) -> TaskUpdate:
     """The task's next state after `outcome`, observed at `now`."""
-    answered = outcome.code is not None
+    # Only an answer that tells the task's status says it was unfinished then;
+    # the uncertainty of a finish seen later is measured from that poll (an
+    # error or an unknown status in between says nothing).
+    report = outcome.report if outcome.kind is OutcomeKind.REPORT else None
+    answered = report is not None and report.status in _REPORTED_STATUSES
     base = TaskUpdate(
         status=task.status,
         next_poll_at=now + policy.task_interval,
@@ -58,6 +66,8 @@ def decide(
         first_seen=task.first_seen,
         processing_seen=task.processing_seen,
         last_polled=now if answered else task.last_polled,
+        progress=task.progress,
+        progress_at=task.progress_at,
     )
     if outcome.kind is OutcomeKind.REPORT and outcome.report is not None:
         update = _apply_report(task, outcome.report, now, policy, jitter, base)
@@ -109,15 +119,34 @@ def _apply_report(
             created, report.updated, task.last_polled, now, policy.clock_skew
         )
         finish = Finish(status, duration, exact, uncertainty, report.error)
+    progress, progress_at, eta = task.progress, task.progress_at, None
+    if status is Status.PROCESSING and report.progress is not None:
+        # `updated` is when the progress last changed: a sharper time than ours.
+        updated = report.updated
+        plausible = updated is not None and created is not None and created <= updated <= now
+        at = updated if plausible and updated is not None else now
+        # The first reading of the run is the anchor: the longer the span, the
+        # sharper the rate. Progress going back (a retry upstream) starts anew.
+        if task.progress is None or report.progress < task.progress:
+            progress, progress_at = report.progress, at
+        elif policy.planner is not None:
+            eta = progress_eta(task.progress, task.progress_at, report.progress, at, now)
+    next_poll_at = base.next_poll_at
+    if policy.planner is not None and finish is None:
+        age = now - (created if created is not None else task.discovered_at)
+        next_poll_at = now + policy.planner.delay(model, age, eta)
     return _replace(
         base,
         status=status,
+        next_poll_at=next_poll_at,
         created=created,
         model=model,
         first_seen=first_seen,
         processing_seen=processing_seen,
         pending_seconds=pending_seconds,
         finish=finish,
+        progress=progress,
+        progress_at=progress_at,
     )
 
 

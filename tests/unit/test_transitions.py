@@ -102,9 +102,21 @@ def test_errors_back_off_exponentially_and_429_waits_retry_after() -> None:
         task(), PollOutcome(OutcomeKind.RATE_LIMITED, 429, retry_after=17), NOW, POLICY, 0.9
     )
     assert limited.next_poll_at == NOW + 17
-    assert limited.last_polled == NOW
+    # An error answer tells nothing about the task: it is not a poll that saw it unfinished.
+    assert limited.last_polled is None
     network = decide(task(), PollOutcome(OutcomeKind.CONNECTION), NOW, POLICY, 0)
     assert network.last_polled is None
+
+
+def test_uncertainty_counts_from_the_last_poll_that_saw_the_status() -> None:
+    seen = decide(task(created=NOW - 30), report("processing"), NOW - 10, POLICY, 0)
+    assert seen.last_polled == NOW - 10
+    later = task(created=NOW - 30, status=Status.PROCESSING, last_polled=seen.last_polled)
+    for error in (PollOutcome(OutcomeKind.SERVER_ERROR, 503), report("queued")):
+        after_error = decide(later, error, NOW - 5, POLICY, 0)
+        assert after_error.last_polled == NOW - 10
+    done = decide(later, report("completed"), NOW, POLICY, 0)
+    assert done.finish is not None and done.finish.uncertainty == 10
 
 
 def test_gives_up_after_max_wait() -> None:
