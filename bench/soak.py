@@ -370,16 +370,22 @@ class Soak:
             time.sleep(1)
         truth = requests.get(f"{self.sim_url}/_sim/ground_truth", timeout=30).json()["tasks"]
         truth_status = Counter(str(t["status"]) for t in truth)
+        text = requests.get(f"{self.exp_url}/metrics", timeout=10).text
+        finished: Counter[str] = Counter()
+        for family in text_string_to_metric_families(text):
+            if family.name == "lemondata_tasks_finished":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        finished[sample.labels["status"]] += int(sample.value)
         with sqlite3.connect(self.workdir / "store.db") as db:
-            stored = dict(db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
-        pruned = self.created - sum(stored.values())
+            integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
         return {
-            "ok": self.exporter.poll() is None,
+            "ok": self.exporter.poll() is None and integrity == "ok",
             "created": self.created,
             "create_errors": self.create_errors,
-            "truth": dict(truth_status),
-            "store": stored,
-            "pruned": pruned,
+            "truth": dict(sorted(truth_status.items())),
+            "exporter_finished": dict(sorted(finished.items())),
+            "store_integrity": integrity,
         }
 
     def write(self, verdict: dict[str, Any]) -> None:
