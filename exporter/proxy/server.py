@@ -366,7 +366,8 @@ class ProxyServer:
 
 
 class _HeaderList(dict[str, str]):
-    """Headers for `requests` that keep repeated names (sent as one, comma-joined)."""
+    """Headers for `requests` that keep repeated names (sent as one, joined as RFC 9110
+    says: with commas; cookies with semicolons)."""
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         merged: dict[str, str] = {}
@@ -374,7 +375,7 @@ class _HeaderList(dict[str, str]):
         for name, value in pairs:
             key = name.lower()
             if key in merged:
-                merged[key] += ", " + value
+                merged[key] += ("; " if key == "cookie" else ", ") + value
             else:
                 merged[key] = value
                 names[key] = name

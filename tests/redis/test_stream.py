@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +12,7 @@ from exporter.discovery.runner import run_discovery
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
 from exporter.store.redis import RedisTaskStore
+from exporter.store.sqlite import SqliteTaskStore
 from tests.redis.server import RedisServer
 
 STREAM = "s:tasks"
@@ -121,9 +121,7 @@ def test_bad_entries_are_counted_and_dropped(
     assert pending(redis_client) == 0
 
 
-def test_store_knows_works_with_any_store(tmp_path: pytest.TempPathFactory) -> None:
-    from exporter.store.sqlite import SqliteTaskStore
-
+def test_store_knows_works_with_any_store() -> None:
     store = SqliteTaskStore(":memory:")
     store.add([DiscoveredTask("a", "x")], 1.0)
     assert store_knows(store.get)(["a", "b"]) == {"a"}
