@@ -41,6 +41,7 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 API_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 UNCERTAINTY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+DETECTION_BUCKETS = (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 API_ERROR_KINDS = (
     *(k.value for k in OutcomeKind if k is not OutcomeKind.REPORT),
     UNKNOWN_STATUS_KIND,
@@ -175,6 +176,20 @@ class Recorder:
             "Configured budget of status requests per second.",
             registry=registry,
         ).set(budget_rps)
+        self.allowed_rps = Gauge(
+            "lemondata_poll_allowed_requests_per_second",
+            "Request rate the agent allows itself now: the configured budget, lowered "
+            "when X-RateLimit headers show the account running low.",
+            registry=registry,
+        )
+        self.allowed_rps.set(budget_rps)
+        self.detection = Histogram(
+            "lemondata_task_detection_delay_seconds",
+            "Time from a task's finish upstream to the agent seeing it: exact when the API "
+            "sends `updated`, otherwise the time since the previous poll (an upper bound).",
+            buckets=DETECTION_BUCKETS,
+            registry=registry,
+        )
         Gauge(
             "lemondata_exporter_build_info",
             "Version of the exporter; always 1.",
@@ -234,6 +249,12 @@ class Recorder:
             self.duration.labels(label, finish.status.value).observe(finish.duration)
             if not finish.exact and finish.uncertainty is not None:
                 self.uncertainty.observe(finish.uncertainty)
+
+    def detection_delay(self, seconds: float) -> None:
+        self.detection.observe(max(0.0, seconds))
+
+    def allowed_rate(self, rps: float) -> None:
+        self.allowed_rps.set(rps)
 
     def cycle_done(self, duration: float, lag: float, ended_at: float) -> None:
         self.cycles.inc()
