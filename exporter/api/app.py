@@ -153,7 +153,7 @@ class TaskApi:
         if added:
             self.recorder.tasks_discovered(SOURCE, len(added))
             self.recorder.add_models(task.model for task in added)
-            log.info("task API: %d new task(s) registered", len(added))
+            log.debug("task API: %d new task(s) registered", len(added))
         added_ids = {task.task_id for task in added}
         result = {
             "added": [task.task_id for task in tasks if task.task_id in added_ids],
@@ -191,7 +191,10 @@ class TaskApi:
         except ApiError:
             _drain(environ, length)
             raise
-        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = environ["wsgi.input"].read(length) if length else b""
+        except OSError:  # the connection timed out or broke mid-body
+            raise ApiError(400, "incomplete_body", "the body did not arrive") from None
         if len(body) != length:
             raise ApiError(400, "incomplete_body", "the body is shorter than its Content-Length")
         return bytes(body)
@@ -241,7 +244,10 @@ def _drain(environ: dict[str, Any], length: int | None = None) -> None:
         return
     stream = environ.get("wsgi.input")
     while stream is not None and length > 0:
-        chunk = stream.read(min(length, 65_536))
+        try:
+            chunk = stream.read(min(length, 65_536))
+        except OSError:
+            return
         if not chunk:
             return
         length -= len(chunk)

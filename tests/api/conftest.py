@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,24 @@ def start_exporter(
     return process.start()
 
 
+def stop_exporter(process: ExporterProcess, timeout: float = 60) -> None:
+    """SIGTERM and wait; a hang is killed and reported with the end of the log."""
+    try:
+        process.terminate(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(
+            f"the exporter did not stop within {timeout} s: {process.log_text()[-3000:]}"
+        ) from None
+
+
 @pytest.fixture(scope="module")
 def exporter(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
     """One exporter shared by a module's tests: token from the environment."""
     workdir = tmp_path_factory.mktemp("exporter")
     process = start_exporter(workdir, api_config(sim.url, workdir, max_batch_size=100))
     yield process
-    process.terminate()
+    stop_exporter(process)
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def call(
     query: str = "",
     content_type: str | None = "application/json",
     content_length: str | None = None,
+    stream: Any = None,
 ) -> Reply:
     if json_body is not None:
         body = json.dumps(json_body).encode()
@@ -47,7 +48,7 @@ def call(
         "QUERY_STRING": query,
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "9847",
-        "wsgi.input": io.BytesIO(body or b""),
+        "wsgi.input": stream or io.BytesIO(body or b""),
     }
     if body is not None:
         environ["CONTENT_LENGTH"] = str(len(body))

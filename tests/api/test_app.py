@@ -314,3 +314,19 @@ def test_unexpected_errors_are_a_500_without_details(
     assert_error(reply, 500, "internal_error")
     assert b"secret detail" not in reply.body
     assert "secret detail from deep inside" in caplog.text
+
+
+class Stalled:
+    """A client that sent headers and then nothing: reads time out."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise TimeoutError("timed out")
+
+
+def test_a_body_that_never_arrives(api: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR):
+        reply = api.call("POST", TASKS, body=b"{}", content_length="20", stream=Stalled())
+        assert_error(reply, 400, "incomplete_body")
+        refused = api.call("POST", TASKS, body=b"{}", content_type="text/plain", stream=Stalled())
+        assert_error(refused, 415, "unsupported_media_type")  # draining gave up quietly
+    assert caplog.text == ""

@@ -16,7 +16,7 @@ import requests
 from exporter.api.auth import TOKEN_ENV
 from exporter.simulator import Simulator
 from exporter.track import TrackError, track_task, track_tasks
-from tests.api.conftest import api_config, start_exporter
+from tests.api.conftest import api_config, start_exporter, stop_exporter
 from tests.api.support import AUTH, TOKEN
 from tests.e2e.harness import ExporterProcess, total, wait_for
 
@@ -222,7 +222,7 @@ def test_off_without_a_token(sim: Simulator, tmp_path: Path) -> None:
             track_task("img_1", url=exporter.url, token=TOKEN)
         assert (info.value.status, info.value.code) == (404, "api_disabled")
     finally:
-        exporter.terminate()
+        stop_exporter(exporter)
     assert "task API off" in exporter.log_text()
 
 
@@ -238,7 +238,7 @@ def test_token_from_a_file(sim: Simulator, tmp_path: Path) -> None:
         good = {"Authorization": f"Bearer {file_token}"}
         assert requests.get(url, headers=good, timeout=5).status_code == 200
     finally:
-        exporter.terminate()
+        stop_exporter(exporter)
     assert file_token not in exporter.log_text()
 
 

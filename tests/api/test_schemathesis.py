@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import Simulator
-from tests.api.conftest import api_config, start_exporter
+from tests.api.conftest import api_config, start_exporter, stop_exporter
 from tests.api.support import AUTH
 from tests.e2e.harness import ExporterProcess
 
@@ -29,7 +29,7 @@ def fuzzed(sim: Simulator, tmp_path: Path) -> Iterator[ExporterProcess]:
     config = api_config(sim.url, tmp_path, max_batch_size=20, max_body_bytes=1_048_576)
     process = start_exporter(tmp_path, config)
     yield process
-    process.terminate()
+    stop_exporter(process)
 
 
 def test_schemathesis_finds_nothing(fuzzed: ExporterProcess, tmp_path: Path) -> None:
