@@ -21,6 +21,8 @@ class TaskStoreCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self._store.reports_store_gauges():
+            return  # another replica sharing this store reports them
         counts = self._store.count_by_status()
         oldest = self._store.oldest_active()
         now = self._clock()

@@ -97,6 +97,14 @@ class TaskStore(Protocol):
         """One summary per model (None included), ordered by model; at most 1000."""
         ...
 
+    def reports_store_gauges(self) -> bool:
+        """Whether this replica should export the store-wide gauges (`lemondata_tasks`...).
+
+        A store shared by several replicas names one of them, so that summing
+        over replicas, as dashboards do, does not multiply the counts.
+        """
+        ...
+
     def close(self) -> None: ...
 
 

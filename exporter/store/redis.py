@@ -207,6 +207,17 @@ PAGE = 500
 _SUMMARY_FIELDS = ("model", "status", "finished_at", "duration_seconds")
 
 
+# Take the lease if free, renew it if ours; 1 when this replica holds it.
+_GAUGE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"[:64]
 
@@ -305,9 +316,16 @@ class RedisTaskStore:
         self._apply = self.client.register_script(_APPLY)
         self._prune = self.client.register_script(_PRUNE)
         self._remove = self.client.register_script(_REMOVE)
+        self._gauge_lease = self.client.register_script(_GAUGE_LEASE)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def reports_store_gauges(self) -> bool:
+        """One replica at a time holds a lease to export the store-wide gauges."""
+        ttl_ms = max(1000, int(self.lease_seconds * 1000))
+        held = self._gauge_lease(keys=[self._key("gauge_reporter")], args=[self.replica_id, ttl_ms])
+        return bool(held)
 
     def close(self) -> None:
         self.client.close()

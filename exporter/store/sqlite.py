@@ -94,6 +94,9 @@ class SqliteTaskStore:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
         self._lock = threading.Lock()
 
+    def reports_store_gauges(self) -> bool:
+        return True  # a SQLite file belongs to one agent
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -347,3 +347,17 @@ def test_model_stats_survive_reopen(make_store: MakeStore) -> None:
     reopened = make_store()
     assert isinstance(reopened, ModelStatsStore)
     assert reopened.load_model_stats() == {"flux": "{1}"}
+
+
+def test_one_replica_at_a_time_reports_the_store_gauges(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    one, two = redis_store(redis_server, "r1", 1), redis_store(redis_server, "r2", 1)
+    assert one.reports_store_gauges()
+    assert one.reports_store_gauges()  # renewed by its holder
+    assert not two.reports_store_gauges()
+    redis_client.delete("t:gauge_reporter")  # as if r1's lease ran out
+    assert two.reports_store_gauges()
+    assert not one.reports_store_gauges()
+    one.close()
+    two.close()
