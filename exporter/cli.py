@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from exporter import __version__
@@ -28,7 +32,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         args_list.insert(0, "run")  # `run` is the default command
     args = _parser().parse_args(args_list)
-    return int(args.handler(args))
+    code = int(args.handler(args))
+    if args.command in ("run", "demo"):
+        _exit_without_abandoned_threads(code)
+    return code
+
+
+def _exit_without_abandoned_threads(code: int, grace: float = 1.0) -> None:
+    """After a shutdown that abandoned polls still hanging upstream, exit now.
+
+    The store is closed and the logs are written by then; waiting for those
+    threads (the interpreter joins them at exit) could take a request timeout.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.current_thread()
+    ):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:
