@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine, then runs
-# it: system packages (Prometheus, Alertmanager, Redis), a virtualenv with the
+# it: system packages (Prometheus, Alertmanager, Redis, Chromium), a virtualenv with the
 # project and its test tools, linters, type checks, and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k transitions`.
 set -euo pipefail
@@ -10,6 +10,7 @@ apt_packages=()
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || apt_packages+=(prometheus-alertmanager)
 command -v redis-server >/dev/null || apt_packages+=(redis-server)
+command -v chromium >/dev/null || apt_packages+=(chromium)
 python3 -c "import venv, ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
 if ((${#apt_packages[@]})); then
     sudo=""

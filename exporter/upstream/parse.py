@@ -28,7 +28,7 @@ def parse_status_body(body: bytes) -> StatusReport:
     if not isinstance(status, str) or not status or len(status) > MAX_FIELD_CHARS:
         raise InvalidResponse("no status field")
     return StatusReport(
-        status=status.strip().lower(),
+        status=_encodable(status.strip().lower()),
         created=_timestamp(data.get("created", data.get("created_at"))),
         updated=_timestamp(data.get("updated", data.get("updated_at"))),
         model=_short_text(data.get("model")),
@@ -69,7 +69,7 @@ def _timestamp(value: Any) -> float | None:
 
 def _short_text(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
-        return value.strip()[:MAX_FIELD_CHARS]
+        return _encodable(value.strip()[:MAX_FIELD_CHARS])
     return None
 
 
@@ -77,8 +77,13 @@ def _error_text(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("message")
     if isinstance(value, str) and value:
-        return value[:MAX_ERROR_CHARS]
+        return _encodable(value[:MAX_ERROR_CHARS])
     return None
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry lone surrogates (`"\\ud800"`), which no store can encode as UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _progress(value: Any) -> float | None:

@@ -79,3 +79,12 @@ def test_huge_error_is_cut() -> None:
 def test_error_code() -> None:
     assert parse_error_code(body(error={"code": "async_task_not_found"})) == "async_task_not_found"
     assert parse_error_code(b"not json") is None
+
+
+def test_lone_surrogates_become_encodable() -> None:
+    report = parse_status_body(
+        b'{"status": "failed", "error": "bad \\ud800 text", "model": "m\\udfff"}'
+    )
+    assert report.error == "bad ? text"
+    assert report.model == "m?"
+    assert report.error.encode("utf-8")
