@@ -101,6 +101,15 @@ class ApiConfig(_Section):
             raise ValueError("must be an http(s) URL such as https://api.lemondata.cc")
         if parts.query or parts.fragment or "@" in parts.netloc:
             raise ValueError("must not contain credentials, a query or a fragment")
+        # The key goes wherever this points: no look-alike hosts, ports or spaces.
+        if any(ord(c) <= 0x20 or c in "\\%" or ord(c) == 0x7F for c in value):
+            raise ValueError("must not contain spaces, control characters, '\\' or '%'")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
+        if not parts.hostname:
+            raise ValueError("must name a host")
         return value.rstrip("/")
 
     @field_validator("status_path")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from pydantic import SecretStr
@@ -21,6 +21,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from exporter import __version__
+from exporter.config import check_poll_path
 from exporter.model import OutcomeKind, PollOutcome, RateLimitInfo
 from exporter.upstream.parse import InvalidResponse, parse_error_code, parse_status_body
 
@@ -75,13 +76,23 @@ class UpstreamClient:
         self._session.close()
 
     def status_url(self, task_id: str, poll_url: str | None) -> str:
+        """The URL to poll; ValueError if it would leave api.base_url (defence in depth:
+        discovery already refuses such poll_urls, but a store may hold older rows)."""
         path = poll_url or self._status_path.replace("{task_id}", quote(task_id, safe=""))
-        return self.base_url + path
+        check_poll_path(path)
+        url = self.base_url + path
+        parts, base = urlsplit(url), urlsplit(self.base_url)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+            raise ValueError("the poll URL leaves api.base_url")
+        return url
 
     def fetch_status(self, task_id: str, poll_url: str | None = None) -> PollOutcome:
         """One status request. Never raises for network or protocol trouble."""
-        url = self.status_url(task_id, poll_url)
         started = time.monotonic()
+        try:
+            url = self.status_url(task_id, poll_url)
+        except ValueError:  # nothing is sent, so the key stays home
+            return _failure(OutcomeKind.CLIENT_ERROR, started, "poll_url is not a path on the API")
         try:
             response = self._session.get(
                 url,
