@@ -19,7 +19,7 @@ from exporter.config import (
     load_config,
     read_api_key,
 )
-from exporter.logsetup import add_secret, setup_logging
+from exporter.logsetup import add_secret, redact, setup_logging
 from exporter.store.sqlite import StoreError
 
 COMMANDS = ("run", "simulate", "demo", "check-config", "track")
@@ -185,8 +185,8 @@ def _run(args: argparse.Namespace) -> int:
             web_security=web_security,
         )
     except StoreError as exc:
-        print(str(exc), file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return 1
     except ValueError as exc:  # a malformed --web.listen-address
-        print(str(exc), file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return 2

@@ -14,12 +14,16 @@ def add_secret(secret: str) -> None:
         _secrets.add(secret)
 
 
+def redact(text: str) -> str:
+    """`text` with every known secret masked (for messages printed without logging)."""
+    for secret in _secrets:
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in _secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return redact(super().format(record))
 
 
 def setup_logging(level: str) -> None:
