@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -56,7 +57,25 @@ DEFAULT_DURATION_BUCKETS = (
 )
 DEFAULT_PENDING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
-PositiveSeconds = Annotated[float, Field(gt=0)]
+
+def _at_least_a_millisecond(value: float) -> float:
+    # Far smaller values make waits of 1/value overflow (a rate of 1e-300 per second).
+    if value < 0.001:
+        raise ValueError("must be at least 0.001")
+    return value
+
+
+def _no_nul(value: Path) -> Path:
+    if "\x00" in str(value):
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+# Finite, at least 1 ms (or 0.001 per second), at most about 31 years.
+PositiveSeconds = Annotated[
+    float, Field(gt=0, le=1e9, allow_inf_nan=False), AfterValidator(_at_least_a_millisecond)
+]
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
 
 
 class ConfigError(Exception):
@@ -85,7 +104,7 @@ def check_poll_path(value: str | None) -> str | None:
 
 class ApiConfig(_Section):
     base_url: str = "https://api.lemondata.cc"
-    key_file: Path | None = Field(
+    key_file: FilePath | None = Field(
         default=None, description=f"file holding the API key; else ${API_KEY_ENV} is used"
     )
     status_path: str = "/v1/images/generations/{task_id}"
@@ -152,7 +171,7 @@ def check_redis_url(value: str | None) -> str | None:
 
 
 class StoreConfig(_Section):
-    path: Path = Path("lemondata-exporter.db")
+    path: FilePath = Path("lemondata-exporter.db")
     retention_seconds: PositiveSeconds = 86400.0
     # `redis`: one store shared by several replicas (see docs/deployment.md).
     backend: Literal["sqlite", "redis"] = "sqlite"
@@ -196,7 +215,7 @@ class StaticTask(_Section):
 
 
 class FileSource(_Section):
-    path: Path
+    path: FilePath
     name: str = Field(default="file", pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 

@@ -10,7 +10,8 @@ def backoff_delay(errors: int, base: float, cap: float, jitter: float) -> float:
     half of the exponential step so that many failing tasks do not retry in
     lockstep, while never retrying sooner than half the step.
     """
-    step = min(cap, base * 2.0 ** max(0, errors - 1))
+    # The exponent is capped: after a long run of errors 2.0**errors would overflow.
+    step = min(cap, base * 2.0 ** min(max(0, errors - 1), 64))
     return step * (0.5 + 0.5 * jitter)
 
 

@@ -61,6 +61,8 @@ def _timestamp(value: Any) -> float | None:
                 value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 return None
+    if isinstance(value, int) and abs(value) > 1e15:
+        return None  # an integer too large for a float (isfinite would overflow)
     if isinstance(value, int | float) and math.isfinite(value) and value > 0:
         # Milliseconds are a common mistake; 1e11 s is the year 5138.
         return float(value) / 1000.0 if value > 1e11 else float(value)
