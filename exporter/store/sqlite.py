@@ -59,6 +59,29 @@ CREATE TABLE IF NOT EXISTS model_stats (
     stats TEXT NOT NULL
 );
 """
+# Tasks by status, kept by triggers in the same transaction as every write to
+# `tasks`: a scrape reads a few rows instead of counting the whole table.
+_STATUS_COUNTS = """
+CREATE TABLE status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
+    INSERT OR IGNORE INTO status_counts (status, n) VALUES (NEW.status, 0);
+    UPDATE status_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
+    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+CREATE TRIGGER tasks_count_update AFTER UPDATE OF status ON tasks
+WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT OR IGNORE INTO status_counts (status, n) VALUES (NEW.status, 0);
+    UPDATE status_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
+"""
+# The oldest unfinished task per status, without reading every row of it.
+_OLDEST_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_oldest ON tasks (status, COALESCE(created, discovered_at))"
+)
 # Columns added after the first release: (name, type), added to older files on open.
 _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
 _COLUMNS = (
@@ -89,6 +112,8 @@ class SqliteTaskStore:
                 raise StoreError(f"{self.path} was written by a newer version (schema {version})")
             self._db.executescript(_SCHEMA)
             _add_columns(self._db)
+            _add_status_counts(self._db)
+            self._db.execute(_OLDEST_INDEX)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
@@ -205,7 +230,7 @@ class SqliteTaskStore:
 
     def count_by_status(self) -> dict[Status, int]:
         with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+            rows = self._db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
         return {Status(status): count for status, count in rows}
 
     def oldest_active(self) -> dict[Status, float]:
@@ -372,6 +397,18 @@ def _add_columns(db: sqlite3.Connection) -> None:
     for name, kind in _ADDED_COLUMNS:
         if name not in present:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+
+
+def _add_status_counts(db: sqlite3.Connection) -> None:
+    """Creates the counts table and its triggers, counted from the tasks, once."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'status_counts'").fetchone():
+        return
+    try:
+        db.executescript(f"BEGIN IMMEDIATE;{_STATUS_COUNTS}COMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _task(row: tuple[Any, ...]) -> Task:
