@@ -93,6 +93,7 @@ class Exporter:
         self.env["LEMONDATA_API_KEY"] = api_key
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.serving_after = 0.0  # seconds from spawn to the first HTTP answer
 
     def start(self, ready_timeout: float = 120.0) -> float:
         """Starts it; returns seconds until /-/ready answered 200."""
@@ -122,6 +123,11 @@ class Exporter:
                 )
             return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
 
+        def serving() -> bool:
+            return requests.get(f"{self.url}/-/healthy", timeout=2).status_code in (200, 503)
+
+        wait_until(serving, ready_timeout, "the exporter to answer")
+        self.serving_after = time.monotonic() - self.started_at
         wait_until(ready, ready_timeout, "the exporter to be ready")
         return time.monotonic() - self.started_at
 

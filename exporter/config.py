@@ -155,7 +155,7 @@ class PollingConfig(_Section):
     # likely are at most task_interval_seconds apart, and never further than
     # max_interval_seconds elsewhere.
     freshness_target_seconds: PositiveSeconds = 5.0
-    max_interval_seconds: PositiveSeconds = 60.0
+    max_interval_seconds: PositiveSeconds = 30.0
     # Share of the account's rate limit (X-RateLimit-* headers) left to the application.
     rate_limit_reserve_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
 
