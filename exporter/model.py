@@ -75,8 +75,10 @@ class Task:
     reason: str | None = None
     error_message: str | None = None  # raw upstream text, for people; never a label
     last_error: str | None = None  # last poll problem, for people
-    progress: float | None = None  # last `progress` reading while processing (0-100)
-    progress_at: float | None = None  # when that reading was true (upstream `updated`, or ours)
+    # First `progress` reading (0-100) of this run while processing, and when it was
+    # true (upstream `updated`, or ours): adaptive polling extrapolates from it.
+    progress: float | None = None
+    progress_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
