@@ -1,10 +1,24 @@
 """Adaptive polling: the pure schedule, the learner, and how `decide` uses them."""
 
 import random
+import threading
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from exporter.model import OutcomeKind, PollOutcome, Status, StatusReport, Task
+from exporter.classify import ReasonClassifier
+from exporter.metrics.recorder import Recorder
+from exporter.model import (
+    DiscoveredTask,
+    OutcomeKind,
+    PollOutcome,
+    Status,
+    StatusReport,
+    Task,
+    TaskUpdate,
+)
+from exporter.poller.cycle import PollCycle
+from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.schedule import (
     LOWER_EDGES,
     UPPER_EDGES,
@@ -18,6 +32,7 @@ from exporter.poller.schedule import (
     progress_eta,
 )
 from exporter.poller.transitions import PollPolicy, decide
+from exporter.store.sqlite import SqliteTaskStore
 
 PARAMS = ScheduleParams(dense_interval=3.0, max_interval=60.0, tail_fraction=0.2)
 NOW = 1_700_000_000.0
@@ -226,3 +241,69 @@ def test_decide_anchors_progress_at_the_first_reading_and_extrapolates() -> None
     # `updated` in the future is not used as the reading's time.
     ahead = decide(task(), report("processing", progress=10, updated=NOW + 99), NOW, policy, 0)
     assert ahead.progress_at == NOW
+
+
+class ProcessingClient:
+    def __init__(self) -> None:
+        self.polled: list[str] = []
+
+    def fetch_status(self, task_id: str, poll_url: str | None = None) -> PollOutcome:
+        self.polled.append(task_id)
+        return report("processing")
+
+
+class NoWaitBudget(RequestBudget):
+    def acquire(self, stop: threading.Event) -> bool:
+        return True
+
+
+def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
+    learner = learner_with({"m": uniform(30, 60, 400)})
+    schedule = AdaptiveSchedule(learner, PARAMS)
+    store = SqliteTaskStore(":memory:")
+    now = NOW
+    ages = {"young1": 10.0, "old1": 55.0, "young2": 12.0, "old2": 57.0, "new": 5.0}
+    store.add([DiscoveredTask(task_id, "x", "m") for task_id in ages if task_id != "new"], now - 60)
+    store.add([DiscoveredTask("new", "x", "m")], now - 1)
+    for task_id, age in ages.items():
+        if task_id == "new":
+            continue  # never answered: nothing known, so it goes first
+        update = TaskUpdate(
+            status=Status.PROCESSING,
+            next_poll_at=now - 10 if task_id.startswith("young") else now - 1,
+            consecutive_errors=0,
+            created=now - age,
+            model="m",
+            first_seen=now - age,
+            processing_seen=now - age,
+            last_polled=now - 3,
+        )
+        assert store.apply(task_id, update, now - 3, None)
+    classifier = ReasonClassifier([])
+    client = ProcessingClient()
+    cycle = PollCycle(
+        store,
+        client,  # type: ignore[arg-type]
+        classifier,
+        Recorder(
+            CollectorRegistry(),
+            duration_buckets=[1],
+            pending_buckets=[1],
+            max_models=5,
+            reasons=classifier.reasons,
+            budget_rps=3,
+        ),
+        NoWaitBudget(3),
+        PollPolicy(task_interval=3, planner=schedule),
+        workers=1,
+        batch_size=3,
+        clock=lambda: now,
+        schedule=schedule,
+    )
+    try:
+        result = cycle.run_once()
+    finally:
+        cycle.stop()
+    # The young ones are the most overdue, but the least likely to have finished.
+    assert sorted(client.polled) == ["new", "old1", "old2"]
+    assert result.lag == pytest.approx(10.0)  # the deferred, most overdue task says so
