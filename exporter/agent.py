@@ -113,6 +113,9 @@ class Agent:
             schedule=self.schedule,
             share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
             lookahead=polling.cycle_interval_seconds / 2,
+            # A slow request must not hold back every due task: after a cycle's
+            # worth of waiting, the stragglers are applied by a later cycle.
+            straggler_wait=polling.cycle_interval_seconds,
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
@@ -172,7 +175,8 @@ class Agent:
             return ""
         return (
             "No unfinished tasks are tracked, so task metrics will not move. List task IDs in "
-            "the config's `tasks`, or append them to a file named in `discovery.files`."
+            "the config's `tasks`, append them to a file named in `discovery.files`, or "
+            "register them with `lemondata-exporter track` (POST /api/v1/tasks)."
         )
 
     def _log_if_idle(self) -> None:
@@ -195,10 +199,17 @@ class Agent:
         self.health.shutting_down = True
         self.cycle.stop()
         deadline = self.config.polling.shutdown_timeout_seconds
-        finisher = threading.Thread(target=self._scheduler.shutdown, kwargs={"wait": True})
+        ends = time.monotonic() + deadline
+        unanswered: list[int] = []
+
+        def finish() -> None:  # the running cycle, then requests still in flight
+            self._scheduler.shutdown(wait=True)
+            unanswered.append(self.cycle.settle(max(0.0, ends - time.monotonic())))
+
+        finisher = threading.Thread(target=finish, name="shutdown")
         finisher.start()
-        finisher.join(deadline)
-        if finisher.is_alive():
+        finisher.join(deadline + 0.5)
+        if finisher.is_alive() or (unanswered and unanswered[0]):
             log.warning("in-flight polls did not finish within %.0f s; abandoning them", deadline)
         self.cycle.save_stats()
         self.client.close()

@@ -44,15 +44,20 @@ def _exit_without_abandoned_threads(code: int, grace: float = 1.0) -> None:
     The store is closed and the logs are written by then; waiting for those
     threads (the interpreter joins them at exit) could take a request timeout.
     """
-    deadline = time.monotonic() + grace
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    if any(
-        t.is_alive() and not t.daemon
+    from concurrent.futures import thread as futures_thread
+
+    # Joined at exit: non-daemon threads, and every worker of a ThreadPoolExecutor
+    # (the poll workers are daemon threads, started from the scheduler's).
+    pool_workers = set(getattr(futures_thread, "_threads_queues", {}))
+    waited = [
+        t
         for t in threading.enumerate()
-        if t is not threading.current_thread()
-    ):
+        if t is not threading.current_thread() and (not t.daemon or t in pool_workers)
+    ]
+    deadline = time.monotonic() + grace
+    for thread in waited:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in waited):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -72,6 +72,7 @@ class PollCycle:
         schedule: AdaptiveSchedule | None = None,
         share: AccountShare | None = None,
         lookahead: float = 0.0,
+        straggler_wait: float | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -90,6 +91,11 @@ class PollCycle:
         # c seconds, half a cycle rounds each task's poll to the nearest cycle
         # instead of always to the next one (a 3 s interval would become 4 s).
         self._lookahead = lookahead
+        # None: a cycle waits for every request it sent. Else it waits at most
+        # this long; slower requests stay in flight and a later cycle applies
+        # them, so one hanging request does not hold back every due task.
+        self._straggler_wait = straggler_wait
+        self._in_flight: dict[Future[tuple[PollOutcome, float] | None], Task] = {}
         self._share = share
         self._configured_rate = budget.rate
         self._allowed_rate = budget.rate
@@ -109,21 +115,49 @@ class PollCycle:
         now = self._clock()
         limit = self._limit()
         wanted = limit * CANDIDATES_PER_SLOT if self._schedule is not None else limit
-        tasks = self._pick(self._store.due(now + self._lookahead, wanted), limit, now)
-        deferred = tasks[limit:]
-        tasks = tasks[:limit]
-        futures: dict[Future[tuple[PollOutcome, float] | None], Task] = {}
+        busy = {task.task_id for task in self._in_flight.values()}
+        due = self._store.due(now + self._lookahead, wanted + len(busy))
+        # Requests still in flight from earlier cycles take their share of the limit.
+        room = max(0, limit - len(busy))
+        tasks = self._pick([task for task in due if task.task_id not in busy], room, now)
+        deferred = tasks[room:]
+        tasks = tasks[:room]
         for task in tasks:
             if self._stop.is_set():
                 break
-            futures[self._pool.submit(self._poll, task)] = task
+            self._in_flight[self._pool.submit(self._poll, task)] = task
+        polled, finished, lag, any_answer = self._collect(self._straggler_wait)
+        if deferred:  # due, but left for later: the budget is short
+            lag = max(lag, self._clock() - min(t.next_poll_at for t in deferred))
+        if any_answer is not None:
+            self._recorder.api_reachable(any_answer)
+        if time.monotonic() - self._stats_saved > STATS_SAVE_INTERVAL_SECONDS:
+            self.save_stats()
+        self._recorder.cycle_done(time.monotonic() - started, lag, self._clock())
+        return CycleResult(polled, finished, lag)
+
+    def settle(self, timeout: float) -> int:
+        """At shutdown, after the last cycle: apply what requests still in flight
+        answer within `timeout` seconds. Returns how many were left unanswered."""
+        self._collect(timeout)
+        return len(self._in_flight)
+
+    def _collect(self, timeout: float | None) -> tuple[int, int, float, bool | None]:
+        """Apply results of requests in flight as they arrive (the finish is
+        observed then), for at most `timeout` seconds (None: until all are in).
+        Returns (polled, finished, lag, whether any got a usable answer)."""
         polled = finished = 0
         lag = 0.0
         any_answer: bool | None = None
-        for future in as_completed(futures):
+        arrivals = as_completed(list(self._in_flight), timeout=timeout)
+        while True:
+            try:
+                future = next(arrivals)
+            except (StopIteration, TimeoutError):  # stragglers stay in flight
+                break
+            task = self._in_flight.pop(future)
             if future.cancelled():
                 continue
-            task = futures[future]
             try:
                 result = future.result()
                 if result is None:  # not sent: shutting down
@@ -138,14 +172,7 @@ class PollCycle:
                     continue
                 # One task's trouble must not cost the cycle the other results.
                 log.exception("polling task %s failed", task.task_id)
-        if deferred:  # due, but left for later: the budget is short
-            lag = max(lag, self._clock() - min(t.next_poll_at for t in deferred))
-        if any_answer is not None:
-            self._recorder.api_reachable(any_answer)
-        if time.monotonic() - self._stats_saved > STATS_SAVE_INTERVAL_SECONDS:
-            self.save_stats()
-        self._recorder.cycle_done(time.monotonic() - started, lag, self._clock())
-        return CycleResult(polled, finished, lag)
+        return polled, finished, lag, any_answer
 
     def _limit(self) -> int:
         """Tasks per cycle: `batch_size`, less when the headers lowered the rate."""
