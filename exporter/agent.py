@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
-from exporter.api.mounts import WebApis
+from exporter.api.mounts import API_PREFIX, WebApis
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -233,7 +233,7 @@ def serve(
     agent = Agent(config, api_key, config_source)
     app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
     if web_security is not None:
-        app = web_security.wrap(app)
+        app = web_security.wrap(app, own_auth_prefixes=(API_PREFIX,))
         log.info("web: %s", web_security.describe())
     try:
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)

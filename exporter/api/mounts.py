@@ -17,6 +17,7 @@ from exporter.logsetup import add_secret
 from exporter.store.base import TaskStore
 
 log = logging.getLogger(__name__)
+API_PREFIX = "/api/"  # the task API checks its own bearer token
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -51,4 +52,4 @@ class WebApis:
             max_body_bytes=settings.max_body_bytes,
             max_batch_size=settings.max_batch_size,
         )
-        return {"/api/": api, STATUS_PATH: StatusPage(store)}
+        return {API_PREFIX: api, STATUS_PATH: StatusPage(store)}

@@ -184,10 +184,14 @@ class WebSecurity:
             else None
         )
 
-    def wrap(self, app: WSGIApp) -> WSGIApp:
-        """`app` behind basic auth (when users are configured) and the extra headers."""
+    def wrap(self, app: WSGIApp, own_auth_prefixes: tuple[str, ...] = ()) -> WSGIApp:
+        """`app` behind basic auth (when users are configured) and the extra headers.
+
+        Paths under `own_auth_prefixes` skip basic auth: they carry their own
+        bearer token in the same header.
+        """
         if self.config.basic_auth_users:
-            app = BasicAuth(app, self.config.basic_auth_users)
+            app = BasicAuth(app, self.config.basic_auth_users, own_auth_prefixes=own_auth_prefixes)
         headers = tuple(self.config.http_server_config.headers.items())
         if headers:
             app = _with_headers(app, headers)
@@ -326,8 +330,18 @@ class BasicAuth:
     remembered and always cost a full bcrypt check, also for unknown users.
     """
 
-    def __init__(self, app: WSGIApp, users: Mapping[str, SecretStr], realm: str = REALM) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        users: Mapping[str, SecretStr],
+        realm: str = REALM,
+        own_auth_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self._app = app
+        # Paths whose app checks a bearer token of its own in the same
+        # Authorization header (the task API); the router sends every path
+        # under these prefixes to that app, so nothing else is let through.
+        self._own_auth_prefixes = own_auth_prefixes
         self._hashes = {user: hashed.get_secret_value().encode() for user, hashed in users.items()}
         self._cache_key = os.urandom(32)
         self._verified: dict[str, bytes] = {}
@@ -335,7 +349,10 @@ class BasicAuth:
         self._challenge = f'Basic realm="{realm}", charset="UTF-8"'
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if self.check(environ.get("HTTP_AUTHORIZATION", "")):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self._own_auth_prefixes) or self.check(
+            environ.get("HTTP_AUTHORIZATION", "")
+        ):
             return self._app(environ, start_response)
         body = b"Unauthorized\n"
         start_response(

@@ -187,6 +187,30 @@ def test_basic_auth_on_every_path(serve: Any) -> None:
     assert requests.get(url, auth=("alice", PASSWORD), timeout=5).status_code == 200
 
 
+def test_basic_auth_leaves_own_auth_paths_to_their_app() -> None:
+    from pydantic import SecretStr
+
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    guarded = BasicAuth(app, {"alice": SecretStr(HASH)}, own_auth_prefixes=("/api/",))
+
+    def status(path: str, header: str = "") -> str:
+        result: list[str] = []
+        guarded({"PATH_INFO": path, "HTTP_AUTHORIZATION": header}, lambda s, h: result.append(s))
+        return result[0]
+
+    assert status("/api/v1/tasks", "Bearer the-api-token").startswith("200")
+    assert status("/metrics", "Bearer the-api-token").startswith("401")
+    assert status("/apix").startswith("401")
+    assert status("/metrics", basic("alice", PASSWORD)["Authorization"]).startswith("200")
+    assert seen == ["/api/v1/tasks", "/metrics"]
+
+
 @pytest.mark.parametrize(
     "header",
     [
