@@ -92,7 +92,9 @@ def _task_properties() -> dict[str, Any]:
         ),
         "created": _nullable(_NUMBER, "The upstream `created` (unix seconds)."),
         "first_seen": _nullable(_NUMBER, "The first usable answer (unix seconds)."),
-        "last_polled": _nullable(_NUMBER, "The last request that got any answer (unix seconds)."),
+        "last_polled": _nullable(
+            _NUMBER, "The last poll that told the task's status (unix seconds)."
+        ),
         "processing_seen": _nullable(
             _NUMBER, "The first poll that saw it processing (unix seconds)."
         ),
