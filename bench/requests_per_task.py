@@ -171,7 +171,7 @@ def real_section(scale: float, minutes: float, seed: int) -> tuple[str, dict[str
             "max_wait_seconds": 1800,
             "backoff_base_seconds": 2,
             "backoff_max_seconds": 300,
-            "max_interval_seconds": 60,
+            "max_interval_seconds": 30,
             "freshness_target_seconds": 3,
         }
         return {
