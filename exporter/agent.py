@@ -181,12 +181,13 @@ class Agent:
 
     def _log_if_idle(self) -> None:
         now = time.monotonic()
-        if now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS or self.tracked():
+        if now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS:
+            return
+        hint = self.hint()  # once: discovery may add tasks meanwhile
+        if not hint:
             return
         self._last_idle_log = now
-        log.warning(
-            "%s%s", self.hint(), f" Config: {self.config_source}" if self.config_source else ""
-        )
+        log.warning("%s%s", hint, f" Config: {self.config_source}" if self.config_source else "")
 
     def start(self) -> None:
         self._scheduler.start()
@@ -260,10 +261,7 @@ def serve(
     log.info(
         "listening on %s (metrics at /metrics), polling %s", listen_address, config.api.base_url
     )
-    hint = agent.hint()
-    if hint:
-        log.warning("%s", hint)
-    stop.wait()
+    stop.wait()  # the first poll cycle logs a hint if nothing is tracked
     log.info("shutting down")
     if proxy is not None:
         proxy.stop()  # no new tasks while the agent stops
