@@ -32,12 +32,12 @@ from exporter.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
-# Outcomes about the account rather than the task: logged once per episode.
 # With adaptive polling, due tasks looked at per cycle, per task the budget allows.
 CANDIDATES_PER_SLOT = 4
 # Never slower than this when X-RateLimit headers say the account runs low.
 MIN_RATE = 0.2
 STATS_SAVE_INTERVAL_SECONDS = 30.0
+# Outcomes about the account rather than the task: logged once per episode.
 _ACCOUNT_PROBLEMS = {
     OutcomeKind.UNAUTHORIZED: "the API rejects the API key (HTTP 401/403): check "
     "LEMONDATA_API_KEY or api.key_file; polling goes on with backoff",
