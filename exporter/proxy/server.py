@@ -28,12 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util import SKIP_HEADER
-from urllib3.util.retry import Retry
 
 from exporter.model import DiscoveredTask
 from exporter.proxy.register import NotATask, created_task, decode_body, request_model
+from exporter.upstream.session import upstream_session
 from exporter.web.server import parse_listen_address
 
 log = logging.getLogger(__name__)
@@ -166,17 +165,8 @@ class ProxyServer:
         self._create_paths = frozenset(path.rstrip("/") or "/" for path in create_paths)
         self._timeout = (min(timeout_seconds, 10.0), timeout_seconds)
         self._max_create_body = max_create_body_bytes
-        self._session = requests.Session()
+        self._session = upstream_session(max_connections)
         self._session.headers.clear()  # only what the caller sent
-        self._session.trust_env = False  # no proxies or .netrc credentials from the env
-        adapter = HTTPAdapter(
-            pool_connections=1,
-            pool_maxsize=max_connections,
-            pool_block=True,
-            max_retries=Retry(total=0, redirect=0, raise_on_redirect=False, raise_on_status=False),
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
         host, port = parse_listen_address(listen_address)
         self._server = _Server((host, port), self)
         self._thread = threading.Thread(

@@ -15,7 +15,6 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from pydantic import SecretStr
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -24,6 +23,7 @@ from exporter import __version__
 from exporter.config import check_poll_path
 from exporter.model import OutcomeKind, PollOutcome, RateLimitInfo
 from exporter.upstream.parse import InvalidResponse, parse_error_code, parse_status_body
+from exporter.upstream.session import upstream_session
 
 NOT_FOUND_CODE = "async_task_not_found"
 _RETRY_AFTER_PARSER = Retry(total=0)
@@ -52,18 +52,7 @@ class UpstreamClient:
         self._status_path = status_path
         self._timeout = timeout_seconds
         self._max_bytes = max_response_bytes
-        self._session = requests.Session()
-        # Retries are scheduled by the poller (backoff per task, budgeted),
-        # so urllib3 must not retry or follow redirects on its own.
-        adapter = HTTPAdapter(
-            pool_connections=1,
-            pool_maxsize=max_connections,
-            pool_block=True,
-            max_retries=Retry(total=0, redirect=0, raise_on_redirect=False, raise_on_status=False),
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.trust_env = False  # no .netrc credentials or proxies from the env
+        self._session = upstream_session(max_connections)
         self._session.headers.update(
             {
                 "Authorization": f"Bearer {api_key.get_secret_value()}",
