@@ -6,16 +6,19 @@ import datetime
 import math
 import os
 import platform
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
+
+from tests.e2e.harness import ExporterProcess, wait_for
+from tests.e2e.harness import free_port as free_port  # re-exported for the benchmarks
+
+# Benchmarks wait the way the tests do.
+wait_until = wait_for
 
 
 def machine() -> str:
@@ -60,75 +63,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except (requests.RequestException, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Exporter:
-    """`python -m exporter run` as a subprocess, with a config written from a dict."""
+class Exporter(ExporterProcess):
+    """The test harness's exporter subprocess, timed and measured from /proc."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], api_key: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.config_path = workdir / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if k != "LEMONDATA_API_KEY"}
-        self.env["LEMONDATA_API_KEY"] = api_key
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, config, api_key)
         self.started_at = 0.0
         self.serving_after = 0.0  # seconds from spawn to the first HTTP answer
 
-    def start(self, ready_timeout: float = 120.0) -> float:
+    def start(self, ready_timeout: float = 120.0) -> float:  # type: ignore[override]
         """Starts it; returns seconds until /-/ready answered 200."""
-        log = (self.workdir / "exporter.log").open("ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "run",
-                "--config.file",
-                str(self.config_path),
-                "--web.listen-address",
-                f"127.0.0.1:{self.port}",
-            ],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"exporter exited: {(self.workdir / 'exporter.log').read_text()}"
-                )
-            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        super().start(wait_ready=False)
 
         def serving() -> bool:
             return requests.get(f"{self.url}/-/healthy", timeout=2).status_code in (200, 503)
 
         wait_until(serving, ready_timeout, "the exporter to answer")
         self.serving_after = time.monotonic() - self.started_at
-        wait_until(ready, ready_timeout, "the exporter to be ready")
+        wait_until(self.ready, ready_timeout, "the exporter to be ready")
         return time.monotonic() - self.started_at
 
     def rss_bytes(self) -> int:
