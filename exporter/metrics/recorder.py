@@ -27,6 +27,7 @@ from exporter.model import (
     UNKNOWN_STATUS_KIND,
     OutcomeKind,
     PollOutcome,
+    RateLimitInfo,
     TaskUpdate,
 )
 
@@ -280,11 +281,11 @@ class LastSeenValues(Collector):
         self._remaining: float | None = None
         self._reset: float | None = None
 
-    def rate_limit(self, info: object) -> None:
-        limit, remaining, reset = (getattr(info, n) for n in ("limit", "remaining", "reset"))
-        self._limit = limit if limit is not None else self._limit
-        self._remaining = remaining if remaining is not None else self._remaining
-        self._reset = reset if reset is not None else self._reset
+    def rate_limit(self, info: RateLimitInfo) -> None:
+        """Keep each header's last value; a response without one changes nothing."""
+        self._limit = info.limit if info.limit is not None else self._limit
+        self._remaining = info.remaining if info.remaining is not None else self._remaining
+        self._reset = info.reset if info.reset is not None else self._reset
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
