@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,36 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def start_simulator(key: str, *extra_args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The simulator as a subprocess (tasks finish at once, no rate limit, no lost
+    tasks), ready to answer; returns the process and its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "exporter.simulator",
+            "--web.listen-address", f"127.0.0.1:{port}",
+            "--api-key", key,
+            "--time-scale", "0.01",
+            "--rate-limit-per-minute", "0",
+            "--lost-fraction", "0",
+            "--log-level", "warning",
+            *extra_args,
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/_sim/health", timeout=1).status_code == 200,
+            30,
+            "simulator",
+        )
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
 
 
 class Exporter(ExporterProcess):

@@ -24,8 +24,6 @@ import cProfile
 import pstats
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ import requests
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from bench.common import free_port, machine, table, wait_until
+from bench.common import machine, start_simulator, table
 from exporter.classify import ReasonClassifier
 from exporter.config import PollingConfig
 from exporter.metrics.recorder import Recorder
@@ -49,37 +47,6 @@ from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
 
 KEY = "sk-bench-cpu-per-poll"
-
-
-def start_simulator() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--api-key",
-            KEY,
-            "--time-scale",
-            "0.01",
-            "--rate-limit-per-minute",
-            "0",
-            "--lost-fraction",
-            "0",
-            "--seed",
-            "5",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(
-        lambda: requests.get(f"{url}/_sim/health", timeout=1).status_code == 200, 30, "simulator"
-    )
-    return proc, url
 
 
 class WholePath:
@@ -161,7 +128,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    sim, url = start_simulator()
+    sim, url = start_simulator(KEY, "--seed", "5")
     workdir = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     try:
         session = requests.Session()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Exporter, free_port, machine, table, wait_until
+from bench.common import Exporter, machine, start_simulator, table
 
 KEY = "sk-bench-throughput"
 
@@ -75,34 +73,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 8, 16])
     args = parser.parse_args()
-    port = free_port()
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--api-key",
-            KEY,
-            "--time-scale",
-            "0.01",
-            "--rate-limit-per-minute",
-            "0",
-            "--lost-fraction",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    sim_url = f"http://127.0.0.1:{port}"
+    sim, sim_url = start_simulator(KEY)
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     rows: list[list[object]] = []
     try:
-        wait_until(
-            lambda: requests.get(f"{sim_url}/_sim/health", timeout=1).ok, 30, "the simulator"
-        )
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {KEY}"
         lines, urls = [], []
