@@ -38,4 +38,5 @@ def build_proxy(config: Config, store: TaskStore, recorder: Recorder) -> ProxySe
         timeout_seconds=settings.timeout_seconds,
         max_connections=settings.max_connections,
         max_create_body_bytes=settings.max_create_body_bytes,
+        max_body_bytes=settings.max_body_bytes,
     )
