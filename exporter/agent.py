@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
-from exporter.api.mounts import API_PREFIX, WebApis
+from exporter.api.mounts import WebApis
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
 from exporter.discovery.file import FileSource
 from exporter.discovery.runner import run_discovery
 from exporter.discovery.static import StaticSource
+from exporter.intake import TaskIntake
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
@@ -78,6 +79,7 @@ class Agent:
         )
         self.recorder.add_models(self.store.models())
         self.registry.register(TaskStoreCollector(self.store))
+        self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
         self.sources += stream_sources(config, self.store)
@@ -129,7 +131,7 @@ class Agent:
         self._stopped = threading.Event()
 
     def discover(self) -> None:
-        run_discovery(self.sources, self.store, self.recorder, time.time())
+        run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
 
     def poll(self) -> None:
         self.cycle.run_once()
@@ -232,9 +234,9 @@ def serve(
     stop = stop or threading.Event()
     apis = WebApis.from_config(config)  # an unusable API token stops the start (ValueError)
     agent = Agent(config, api_key, config_source)
-    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
+    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder, agent.intake))
     if web_security is not None:
-        app = web_security.wrap(app, own_auth_prefixes=(API_PREFIX,))
+        app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
@@ -243,7 +245,11 @@ def serve(
         log.error("cannot listen on %s: %s", listen_address, exc.strerror)
         return 1
     try:
-        proxy = build_proxy(config, agent.store, agent.recorder) if config.proxy.enabled else None
+        proxy = (
+            build_proxy(config, agent.store, agent.recorder, agent.intake)
+            if config.proxy.enabled
+            else None
+        )
     except OSError as exc:
         agent.store.close()
         log.error("proxy: cannot listen on %s: %s", config.proxy.listen_address, exc.strerror)

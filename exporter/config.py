@@ -187,6 +187,9 @@ class StoreConfig(_Section):
     # Names this replica in the store and in the stream's consumer group;
     # default: host name and process ID. Must differ between live replicas.
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    # The most unfinished tasks tracked at once; sources offering more are refused
+    # (lemondata_tasks_rejected_total{reason="limit"}).
+    max_tracked_tasks: int = Field(default=100_000, ge=1, le=100_000_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -336,6 +339,10 @@ class ApiServerConfig(_Section):
     token_file: Path | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
     max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # `token`: /status asks for the task API's bearer token too (the page shows
+    # task IDs and upstream error texts). With --web.config.file basic auth it is
+    # behind basic auth either way.
+    status_page_auth: Literal["none", "token"] = "none"
 
     @model_validator(mode="before")
     @classmethod
