@@ -162,6 +162,10 @@ class PollingConfig(_Section):
     max_interval_seconds: PositiveSeconds = 30.0
     # Share of the account's rate limit (X-RateLimit-* headers) left to the application.
     rate_limit_reserve_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
+    # With no status request sent for this long (nothing due, or every task
+    # backing off), one request for a task ID that cannot exist tells whether
+    # the API answers and takes the key; it counts against the budget.
+    probe_interval_seconds: PositiveSeconds = 60.0
 
 
 def check_redis_url(value: str | None) -> str | None:
@@ -258,9 +262,29 @@ class DiscoveryConfig(_Section):
         return self
 
 
+FailureClass = Literal["user", "service"]
+# Reasons that are the caller's doing (the prompt or the parameters), not the service's.
+USER_REASONS = frozenset({"content_policy", "invalid_request"})
+
+
+def default_failure_class(reason: str) -> FailureClass:
+    """The class of a reason whose rule does not name one."""
+    return "user" if reason in USER_REASONS else "service"
+
+
 class FailureReason(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     pattern: str
+    # `user`: the caller caused it; `service`: the API or its providers did.
+    # Default: `user` for content_policy and invalid_request, else `service`.
+    named_class: FailureClass | None = Field(default=None, alias="class")
+
+    @property
+    def failure_class(self) -> FailureClass:
+        """The rule's class, named or by default."""
+        return self.named_class or default_failure_class(self.reason)
 
     @field_validator("pattern")
     @classmethod
@@ -378,6 +402,17 @@ class Config(_Section):
                         f"set ${API_KEY_ENV} or api.key_file"
                     )
         return data
+
+    @model_validator(mode="after")
+    def _one_class_per_reason(self) -> Config:
+        classes: dict[str, str] = {}
+        for rule in self.failure_reasons:
+            if classes.setdefault(rule.reason, rule.failure_class) != rule.failure_class:
+                raise ValueError(
+                    f"failure_reasons: reason {rule.reason} is given both classes "
+                    "`user` and `service`; a reason has one class"
+                )
+        return self
 
     @model_validator(mode="after")
     def _stream_has_redis(self) -> Config:

@@ -20,7 +20,8 @@ Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
 `due` (zset of unfinished tasks by next poll time), `finished` (zset by
 finish time), `active:<status>` (zset by creation time, for the oldest-age
 gauge), `count` (hash of tasks by status), `models` (set), `source_state`
-(hash), `budget`, `budget:pause`. Redis Cluster is not supported (the
+(hash), `finish_totals` (hash: finishes per label set, counted by the
+`apply` script, never pruned), `budget`, `budget:pause`. Redis Cluster is not supported (the
 scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
 """
 
@@ -37,7 +38,7 @@ import redis
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
 from exporter.poller.ratelimit import RequestBudget
-from exporter.store.base import ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 from exporter.store.sqlite import StoreError
 
 PRUNE_BATCH = 1000
@@ -107,7 +108,7 @@ local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_un
   'discovered_at')
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', key, ARGV[i])
   else
@@ -127,6 +128,7 @@ if cur[1] ~= status then
   redis.call('LTRIM', events, -tonumber(ARGV[9]), -1)
 end
 if finishing == '1' then
+  if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
   redis.call('HSET', key, 'finished_at', now, 'finished_by', me)
   redis.call('ZREM', p .. 'due', id)
   redis.call('ZREM', p .. 'active:' .. status, id)
@@ -290,6 +292,15 @@ def _task(fields: dict[str, str]) -> Task:
     )
 
 
+# Label values never hold a tab (see metrics/recorder.py).
+_TOTALS_SEPARATOR = "\t"
+
+
+def _totals_field(labels: FinishLabels) -> str:
+    parts = (labels.model, labels.status, labels.reason or "", labels.failure_class or "")
+    return _TOTALS_SEPARATOR.join(parts)
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -367,7 +378,14 @@ class RedisTaskStore:
         )
         return [_task(_pairs(row)) for row in rows]
 
-    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
         """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
         finish = update.finish
         fields: dict[str, float | int | str | None] = {
@@ -396,10 +414,22 @@ class RedisTaskStore:
             "1" if update.status.value in _ACTIVE else "0",
             _text(update.next_poll_at),
             str(MAX_EVENTS_PER_TASK),
+            _totals_field(labels) if finish and labels else "",
         ]
         for name, value in fields.items():
             args += [name, _text(value)]
         return bool(self._apply(args=args))
+
+    def finish_totals(self) -> dict[FinishLabels, int]:
+        """Store-wide count of finishes per label set."""
+        totals = cast(dict[str, str], self.client.hgetall(self._key("finish_totals")))
+        result = {}
+        for field, n in totals.items():
+            parts = field.split(_TOTALS_SEPARATOR)
+            if len(parts) == 4:
+                model, status, reason, failure_class = parts
+                result[FinishLabels(model, status, reason or None, failure_class or None)] = int(n)
+        return result
 
     def get(self, task_id: str) -> Task | None:
         fields = cast(dict[str, str], self.client.hgetall(self._key("task", task_id)))
