@@ -85,7 +85,7 @@ class Agent:
         self.recorder.restore_models(
             [*(labels.model for labels in self.store.finish_totals()), *self.store.models()]
         )
-        self.registry.register(TaskStoreCollector(self.store))
+        self.registry.register(TaskStoreCollector(self.store, recorder=self.recorder))
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))
         self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
