@@ -84,7 +84,7 @@ class Agent:
         self.recorder.restore_models(
             [*(labels.model for labels in self.store.finish_totals()), *self.store.models()]
         )
-        self.registry.register(TaskStoreCollector(self.store))
+        self.registry.register(TaskStoreCollector(self.store, recorder=self.recorder))
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]

@@ -21,7 +21,9 @@ Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
 finish time), `active:<status>` (zset by creation time, for the oldest-age
 gauge), `count` (hash of tasks by status), `models` (set), `source_state`
 (hash), `finish_totals` (hash: finishes per label set, counted by the
-`apply` script, never pruned), `budget`, `budget:pause`. Redis Cluster is not supported (the
+`apply` script, never pruned), `processing_by_model:<model>` (zset of the
+tasks in processing by creation time, '' for no model) and `processing_models`
+(set of those models), `budget`, `budget:pause`. Redis Cluster is not supported (the
 scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
 """
 
@@ -105,7 +107,7 @@ local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local active, next_poll_at = ARGV[7], ARGV[8]
 local key = p .. 'task:' .. id
 local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_until',
-  'discovered_at')
+  'discovered_at', 'model')
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
 for i = 11, #ARGV, 2 do
@@ -126,6 +128,18 @@ if cur[1] ~= status then
   local events = p .. 'events:' .. id
   redis.call('RPUSH', events, now .. ' ' .. status .. ' ' .. cur[1])
   redis.call('LTRIM', events, -tonumber(ARGV[9]), -1)
+end
+if cur[1] == 'processing' then
+  local by_model = p .. 'processing_by_model:' .. (cur[6] or '')
+  redis.call('ZREM', by_model, id)
+  if redis.call('EXISTS', by_model) == 0 then
+    redis.call('SREM', p .. 'processing_models', cur[6] or '')
+  end
+end
+if status == 'processing' and finishing ~= '1' then
+  local created = redis.call('HGET', key, 'created') or cur[5]
+  redis.call('ZADD', p .. 'processing_by_model:' .. (model or ''), created, id)
+  redis.call('SADD', p .. 'processing_models', model or '')
 end
 if finishing == '1' then
   if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
@@ -163,6 +177,14 @@ local p, id = ARGV[1], ARGV[2]
 local key = p .. 'task:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return 0 end
+if status == 'processing' then
+  local model = redis.call('HGET', key, 'model') or ''
+  local by_model = p .. 'processing_by_model:' .. model
+  redis.call('ZREM', by_model, id)
+  if redis.call('EXISTS', by_model) == 0 then
+    redis.call('SREM', p .. 'processing_models', model)
+  end
+end
 redis.call('HINCRBY', p .. 'count', status, -1)
 redis.call('DEL', key, p .. 'events:' .. id)
 for _, index in ipairs({'due', 'finished', 'ids', 'active:' .. status}) do
@@ -459,6 +481,19 @@ class RedisTaskStore:
         for status, rows in zip(ACTIVE_STATUSES, pipe.execute(), strict=True):
             if rows:
                 result[status] = float(rows[0][1])
+        return result
+
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery)
+        time of its tasks in `processing`; models with none are left out."""
+        models = cast(list[str], self.client.srandmember(self._key("processing_models"), limit))
+        pipe = self.client.pipeline(transaction=False)
+        for model in models:
+            pipe.zrange(self._key("processing_by_model", model), 0, 0, withscores=True)
+        result: dict[str | None, float] = {}
+        for model, rows in zip(models, pipe.execute(), strict=True):
+            if rows:
+                result[model or None] = float(rows[0][1])
         return result
 
     def models(self) -> list[str]:

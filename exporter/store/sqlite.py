@@ -82,6 +82,32 @@ INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP B
 _OLDEST_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_oldest ON tasks (status, COALESCE(created, discovered_at))"
 )
+# The oldest task in `processing` per model: one seek per model (see
+# `oldest_processing_by_model`), on an index of processing tasks only.
+_PROCESSING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_processing_model ON tasks"
+    " (model, COALESCE(created, discovered_at)) WHERE status = 'processing'"
+)
+# Walks the distinct models of that index (a skip scan: one seek per model),
+# then the earliest time of each; the literal `status = 'processing'` lets
+# SQLite use the partial index.
+_OLDEST_PROCESSING = """
+WITH RECURSIVE m(model, n) AS (
+    SELECT (SELECT MIN(model) FROM tasks INDEXED BY tasks_processing_model
+        WHERE status = 'processing' AND model IS NOT NULL), 0
+    UNION ALL
+    SELECT (SELECT MIN(model) FROM tasks INDEXED BY tasks_processing_model
+        WHERE status = 'processing' AND model > m.model), n + 1
+    FROM m WHERE m.model IS NOT NULL AND n < ?
+)
+SELECT model, (SELECT MIN(COALESCE(created, discovered_at))
+    FROM tasks INDEXED BY tasks_processing_model
+    WHERE status = 'processing' AND model = m.model)
+FROM m WHERE model IS NOT NULL
+UNION ALL
+SELECT NULL, MIN(COALESCE(created, discovered_at)) FROM tasks INDEXED BY tasks_processing_model
+    WHERE status = 'processing' AND model IS NULL
+"""
 # Finishes per label set, counted in the finish's own transaction (`apply`);
 # never pruned. '' stands for no reason or class.
 _FINISH_TOTALS = """
@@ -127,6 +153,7 @@ class SqliteTaskStore:
             _add_status_counts(self._db)
             self._db.execute(_OLDEST_INDEX)
             self._db.execute(_FINISH_TOTALS)
+            self._db.execute(_PROCESSING_INDEX)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
@@ -278,6 +305,13 @@ class SqliteTaskStore:
                 if row[0] is not None:
                     result[status] = float(row[0])
         return result
+
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery)
+        time of its tasks in `processing`; models with none are left out."""
+        with self._lock:
+            rows = self._db.execute(_OLDEST_PROCESSING, (limit,)).fetchall()
+        return {model: float(oldest) for model, oldest in rows if oldest is not None}
 
     def models(self) -> list[str]:
         with self._lock:

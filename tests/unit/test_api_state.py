@@ -90,7 +90,7 @@ class Rig:
             classifier,
             self.recorder,
             self.budget,
-            PollPolicy(task_interval=5, backoff_base=100, backoff_max=1000),
+            PollPolicy(task_interval=5, backoff_base=300, backoff_max=1000),
             workers=1,
             batch_size=10,
             clock=self.clock,
@@ -183,7 +183,7 @@ def test_after_an_outage_backed_off_tasks_leave_room_for_the_probe(
     rig.run()
     assert rig.client.asked == ["img_1"] and rig.value("lemondata_api_up") == 0
     answers["now"] = NOT_FOUND
-    rig.run(61)  # the task backs off for 100 s or more; the probe finds the API back
+    rig.run(61)  # the task backs off for 150 s or more; the probe finds the API back
     assert rig.client.asked[-1] == PROBE_TASK_ID
     assert rig.value("lemondata_api_up") == 1
 
