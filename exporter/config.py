@@ -29,6 +29,7 @@ from exporter.model import valid_task_id
 from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
 
 API_KEY_ENV = "LEMONDATA_API_KEY"
+REDIS_PASSWORD_ENV = "LEMONDATA_REDIS_PASSWORD"
 DEFAULT_CONFIG_FILE = "config.yaml"
 DEFAULT_LISTEN_ADDRESS = ":9847"
 
@@ -184,6 +185,8 @@ class StoreConfig(_Section):
     # `redis`: one store shared by several replicas (see docs/deployment.md).
     backend: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str | None = None
+    # The Redis password, if the URL has none: this file, else $LEMONDATA_REDIS_PASSWORD.
+    redis_password_file: FilePath | None = None
     redis_prefix: str = Field(default="lemondata:", pattern=r"^[A-Za-z0-9_.:{}-]{0,64}$")
     # A task taken by a replica for a poll is left to the others if that
     # replica has not stored the result within this time (it died).
@@ -478,3 +481,23 @@ def read_api_key(config: Config, environ: dict[str, str] | None = None) -> Secre
         return SecretStr(key)
     key = env.get(API_KEY_ENV, "").strip()
     return SecretStr(key) if key else None
+
+
+def read_redis_password(config: Config, environ: dict[str, str] | None = None) -> SecretStr | None:
+    """The Redis password from store.redis_password_file, else $LEMONDATA_REDIS_PASSWORD;
+    None if neither is set (a password in the URL applies then)."""
+    env = os.environ if environ is None else environ
+    path = config.store.redis_password_file
+    if path is not None:
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ConfigError(
+                [f"store.redis_password_file: cannot read {path}: {reason}"]
+            ) from None
+        if not password:
+            raise ConfigError([f"store.redis_password_file: {path} is empty"])
+        return SecretStr(password)
+    password = env.get(REDIS_PASSWORD_ENV, "").strip()
+    return SecretStr(password) if password else None

@@ -8,13 +8,22 @@ request budget and one consumer group.
 
 from __future__ import annotations
 
-from exporter.config import Config
+import redis
+
+from exporter.config import Config, ConfigError, read_redis_password
 from exporter.discovery.base import DiscoverySource
 from exporter.discovery.redis_stream import RedisStreamSource, store_knows
+from exporter.logsetup import add_secret
 from exporter.poller.ratelimit import RequestBudget
 from exporter.store.base import TaskStore
-from exporter.store.redis import RedisTaskStore, SharedRequestBudget, connect, default_replica_id
-from exporter.store.sqlite import SqliteTaskStore
+from exporter.store.redis import (
+    RedisTaskStore,
+    SharedRequestBudget,
+    connect,
+    default_replica_id,
+    url_secrets,
+)
+from exporter.store.sqlite import SqliteTaskStore, StoreError
 
 
 def replica_id(config: Config) -> str:
@@ -31,8 +40,22 @@ def open_store(config: Config) -> TaskStore:
             prefix=store.redis_prefix,
             replica_id=replica_id(config),
             lease_seconds=store.lease_seconds,
+            client=redis_client(config, store.redis_url),
         )
     return SqliteTaskStore(store.path)
+
+
+def redis_client(config: Config, url: str) -> redis.Redis:
+    """A client for `url`, with the password from store.redis_password_file or
+    $LEMONDATA_REDIS_PASSWORD when the URL has none; every secret it may show is
+    masked in the log first. StoreError if Redis cannot be reached."""
+    try:
+        password = read_redis_password(config)
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from None
+    for secret in [*url_secrets(url), *([password.get_secret_value()] if password else [])]:
+        add_secret(secret)
+    return connect(url, password=password.get_secret_value() if password else None)
 
 
 def request_budget(config: Config, store: TaskStore) -> RequestBudget:
@@ -52,7 +75,7 @@ def stream_sources(config: Config, store: TaskStore) -> list[DiscoverySource]:
     if isinstance(store, RedisTaskStore) and url == config.store.redis_url:
         client = store.client
     else:
-        client = connect(url)
+        client = redis_client(config, url)
     known = store.known if isinstance(store, RedisTaskStore) else store_knows(store.get)
     return [
         RedisStreamSource(

@@ -30,11 +30,12 @@ scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -242,24 +243,58 @@ return 0
 """
 
 
+# Query parameters of a Redis URL whose values are secrets (`password`, ...).
+_SECRET_PARAMETER = re.compile(r"(?i)pass|secret|token|auth|key")
+
+
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"[:64]
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    """The URL without its secrets, for messages: the password of the user part and
+    the value of any query parameter that may hold one (`?password=`, ...)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable Redis URL>"
+    if password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{host}")
+    if parts.query:
+        query = [
+            (name, "***" if _SECRET_PARAMETER.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
-def connect(url: str, max_connections: int = 64) -> redis.Redis:
-    """A thread-safe client with a bounded pool; StoreError if Redis does not answer."""
+def url_secrets(url: str) -> list[str]:
+    """The secrets a Redis URL carries, to mask wherever they would be logged."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    found += [
+        value
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if _SECRET_PARAMETER.search(name) and value
+    ]
+    return found
+
+
+def connect(url: str, max_connections: int = 64, password: str | None = None) -> redis.Redis:
+    """A thread-safe client with a bounded pool; StoreError if Redis does not answer.
+
+    `password` is used when the URL names none (it comes from the environment or
+    a file, so it need not be written into the URL)."""
     pool = redis.BlockingConnectionPool.from_url(
         url,
+        password=password,
         max_connections=max_connections,
         timeout=10,
         decode_responses=True,
