@@ -470,6 +470,12 @@ class _Connection(cheroot_server.HTTPConnection):
             return _CLOSE
         return _WAIT
 
+    def eviction_key(self) -> tuple[bool, float]:
+        """Connections still sending a head first, the oldest first; then idle ones."""
+        if self._head_since is not None:
+            return (False, self._head_since)
+        return (True, float(self.last_used or 0.0))
+
     def _note(self, what: str) -> None:
         log.debug("http %s: connection from %s: %s", self.server.name, self.remote_addr, what)
 
@@ -506,12 +512,32 @@ class _Connections(ConnectionManager):
             time.sleep(0.05)
             return None
         if conn is not None and self.server.open_connections > self.server.limits.max_connections:
-            self.server.note_trouble(
-                f"{self.server.limits.max_connections} connections open; closing new ones"
-            )
-            conn.close()
-            return None
+            if self._evict_slowest():
+                self.server.note_trouble(
+                    f"{self.server.limits.max_connections} connections open; closing the ones "
+                    "that have waited longest to finish a request head"
+                )
+            else:  # every connection is busy in a worker: the new one must wait its turn
+                self.server.note_trouble(
+                    f"{self.server.limits.max_connections} connections open and busy; "
+                    "closing new ones"
+                )
+                conn.close()
+                return None
         return conn
+
+    def _evict_slowest(self) -> bool:
+        """Close the waiting connection that has been sending its head the longest
+        (else the longest idle one), so clients that never finish cannot keep a
+        scrape out. Runs in the selector thread, which owns the waiting ones."""
+        selector: Any = self._selector  # type: ignore[attr-defined]
+        waiting = [(fd, conn) for fd, conn in list(selector.connections) if conn is not self.server]
+        if not waiting:
+            return False
+        fd, victim = min(waiting, key=lambda item: item[1].eviction_key())
+        selector.unregister(fd)
+        victim.close()
+        return True
 
 
 class _TLSAdapter:
