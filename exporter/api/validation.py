@@ -24,8 +24,21 @@ MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
 MAX_MODEL_CHARS = 64
 MAX_POLL_URL_CHARS = 512
 # Printable ASCII except `\` and `#`, starting with one `/` (check_poll_path's
-# rules, restricted to ASCII so the same rule can be published as a pattern).
-POLL_URL_PATTERN = r"^/([\x21\x22\x24-\x2e\x30-\x5b\x5d-\x7e][\x21\x22\x24-\x5b\x5d-\x7e]{0,510})?$"
+# rules, restricted to ASCII so the same rule can be published as a pattern),
+# segment by segment so that none is a dot segment (`.`, `..`, also before a
+# `;`): plain characters, `.` and `;`, and percent escapes except those of `.`,
+# `/`, `;`, `\` and `%` (exporter/upstream/paths.py's rule, decoded or not).
+# The length (MAX_POLL_URL_CHARS) is published as maxLength.
+_ESCAPE = r"%(?:[0146-9A-Fa-f][0-9A-Fa-f]|2[0-46-9A-Da-d]|3[0-9AC-Fac-f]|5[0-9ABD-Fabd-f])"
+_PLAIN = r"[\x21\x22\x24\x26-\x2d\x30-\x3a\x3c-\x3e\x40-\x5b\x5d-\x7e]"  # not # % . / ; ? \\
+_CHAR = rf"(?:{_PLAIN}|{_ESCAPE}|[.;])"
+_SEGMENT = (
+    rf"(?:(?:{_PLAIN}|{_ESCAPE}|;){_CHAR}*"  # not starting with a dot
+    rf"|\.(?:{_PLAIN}|{_ESCAPE}){_CHAR}*"  # one dot, then not a dot or `;`
+    rf"|\.\.(?:{_PLAIN}|{_ESCAPE}|\.){_CHAR}*)"  # two dots, then not `;`
+)
+_QUERY = r"\?[\x21\x22\x24-\x5b\x5d-\x7e]*"
+POLL_URL_PATTERN = rf"^/(?:{_SEGMENT}(?:/(?:{_SEGMENT})?)*)?(?:{_QUERY})?$"
 TASK_ID_TEXT = "1-128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"
 TASK_FIELDS = ("task_id", "model", "poll_url")
 DEFAULT_LIMIT = 100
@@ -69,7 +82,7 @@ def _check_poll_url(value: str, field: str) -> str:
         raise bad_request(
             "invalid_poll_url",
             f"{field}: must be a path on the API base (such as /v1/tasks/ID) of at most "
-            f"{MAX_POLL_URL_CHARS} printable ASCII characters, without \\ or #",
+            f"{MAX_POLL_URL_CHARS} printable ASCII characters, without \\, # or dot segments",
         )
     return value
 

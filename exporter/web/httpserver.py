@@ -426,6 +426,8 @@ class _Connection(cheroot_server.HTTPConnection):
             if rfile.has_data():  # pipelined bytes cheroot already buffered
                 self._pending += rfile._read_buf[rfile._read_pos :]
                 rfile._reset_read_buf()
+                if self._head_since is None:
+                    self._head_since = time.monotonic()
             while self._pending.find(_HEAD_END) < 0 and len(self._pending) <= limits.head_bytes:
                 try:
                     data = self.socket.recv(65536)

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
-from exporter.upstream.paths import dot_segment_problem
 from exporter.web.httpserver import HttpServer, ServerLimits, parse_listen_address
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,6 @@ def build_app(
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
-        if dot_segment_problem(environ.get("REQUEST_URI", path)):
-            # Decoded, `/api/../status` would reach one app through another's prefix.
-            return _plain(start_response, False, "bad path", status="400 Bad Request")
         for prefix, mounted in prefixes:
             if path.startswith(prefix):
                 return mounted(environ, start_response)
