@@ -91,6 +91,7 @@ class Agent:
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
         self.sources += stream_sources(config, self.store)
+        self.intake.add_sources(source.name for source in self.sources)
         self.recorder.add_sources(source.name for source in self.sources)
         if config.proxy.enabled:
             self.recorder.add_sources([PROXY_SOURCE])
@@ -251,6 +252,7 @@ def serve(
     agent = Agent(config, api_key, config_source)
     if apis.token is not None:
         agent.recorder.add_sources([API_SOURCE])
+        agent.intake.add_sources([API_SOURCE])
     app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder, agent.intake))
     if web_security is not None:
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())

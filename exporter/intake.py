@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -55,6 +55,12 @@ class TaskIntake:
         )
         self._last_log: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def add_sources(self, names: Iterable[str]) -> None:
+        """Series at zero for these sources, so that the first rejection is an increase."""
+        for name in names:
+            for reason in REASONS:
+                self._rejected.labels(name, reason)
 
     def tracked(self) -> int:
         counts = self._store.count_by_status()

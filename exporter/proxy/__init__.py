@@ -25,6 +25,9 @@ def build_proxy(
     its task is not tracked, and that is counted and logged.
     """
 
+    if intake is not None:
+        intake.add_sources([SOURCE])
+
     def register(tasks: list[DiscoveredTask]) -> None:
         if intake is not None:
             tasks = intake.admit(SOURCE, tasks).tasks

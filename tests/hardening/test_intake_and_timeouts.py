@@ -72,6 +72,8 @@ def test_the_proxy_answers_but_does_not_track_beyond_the_cap(store: SqliteTaskSt
         "c.yml",
     )
     proxy = build_proxy(config, store, recorder(registry), intake)
+    labels = {"source": "proxy", "reason": "limit"}
+    assert registry.get_sample_value("lemondata_tasks_rejected_total", labels) == 0  # not None
     proxy.start()
     try:
         answer = requests.post(
