@@ -240,13 +240,21 @@ def serve(
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
-        log.error("cannot listen on %s: %s", listen_address, exc.strerror)
+        log.error(
+            "cannot listen on %s: %s; choose another address with --web.listen-address",
+            listen_address,
+            exc.strerror,
+        )
         return 1
     try:
         proxy = build_proxy(config, agent.store, agent.recorder) if config.proxy.enabled else None
     except OSError as exc:
         agent.store.close()
-        log.error("proxy: cannot listen on %s: %s", config.proxy.listen_address, exc.strerror)
+        log.error(
+            "proxy: cannot listen on %s: %s; choose another address in proxy.listen_address",
+            config.proxy.listen_address,
+            exc.strerror,
+        )
         return 1
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set())

@@ -32,7 +32,7 @@ def read_token(config: Config, environ: Mapping[str, str] | None = None) -> Secr
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
             raise TokenError(f"api_server.token_file: cannot read {token_file}: {reason}") from None
-        return SecretStr(_checked(token, f"api_server.token_file {token_file}"))
+        return SecretStr(_checked(token, f"api_server.token_file: {token_file}"))
     token = env.get(TOKEN_ENV, "").strip()
     return SecretStr(_checked(token, f"${TOKEN_ENV}")) if token else None
 
