@@ -16,6 +16,7 @@ from datetime import datetime
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "logfmt", "json")
 DEFAULT_LOG_FORMAT = "text"
+_HANDLER_NAME = "lemondata-exporter"
 
 _secrets: set[str] = set()
 
@@ -79,8 +80,10 @@ def setup_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(log_format))
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replaces its own handler from an earlier call; leaves others (e.g. a test's) alone.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _HANDLER_NAME] + [handler]
     root.setLevel(level.upper())
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
