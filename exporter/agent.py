@@ -119,6 +119,7 @@ class Agent:
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
+        self.task_api_on = False  # set by serve() when a token turns the task API on
         self._scheduler = build_scheduler(
             [
                 ("discovery", self.discover, config.discovery.interval_seconds),
@@ -171,12 +172,35 @@ class Agent:
         return {status.value: counts.get(status, 0) for status in Status}
 
     def hint(self) -> str:
-        if self.tracked():
+        """Why task metrics do not move, when the store holds no task at all.
+
+        Text with `code` in backticks (the landing page renders it as <code>). No
+        hint once any task is known: finished tasks mean discovery works.
+        """
+        if any(self.store.count_by_status().values()):
             return ""
+        config = self.config
+        sources = []
+        for source in config.discovery.files:
+            missing = "" if source.path.exists() else " (it does not exist yet)"
+            sources.append(f"the file `{source.path}`{missing}")
+        if config.discovery.redis_stream is not None:
+            sources.append(f"the Redis stream `{config.discovery.redis_stream.stream}`")
+        if config.proxy.enabled:
+            sources.append(f"create calls through the proxy on `{config.proxy.listen_address}`")
+        if self.task_api_on:
+            sources.append("the task API (`lemondata-exporter track ID` or POST /api/v1/tasks)")
+        if sources:
+            listed = ", ".join(sources[:-1]) + (" and " if len(sources) > 1 else "") + sources[-1]
+            return (
+                "No tasks are tracked yet, so task metrics will not move. Tasks come from "
+                f"{listed}; they show here once your application adds some."
+            )
         return (
-            "No unfinished tasks are tracked, so task metrics will not move. List task IDs in "
-            "the config's `tasks`, append them to a file named in `discovery.files`, or "
-            "register them with `lemondata-exporter track` (POST /api/v1/tasks)."
+            "No tasks are tracked, and nothing is configured to add any. List task IDs in "
+            "the config's `tasks`, name a file your application appends to in "
+            "`discovery.files`, set `$LEMONDATA_EXPORTER_TOKEN` to turn on the task API "
+            "(`lemondata-exporter track ID`), or set `proxy.enabled: true`."
         )
 
     def _log_if_idle(self) -> None:
@@ -232,6 +256,7 @@ def serve(
     stop = stop or threading.Event()
     apis = WebApis.from_config(config)  # an unusable API token stops the start (ValueError)
     agent = Agent(config, api_key, config_source)
+    agent.task_api_on = apis.token is not None
     app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
     if web_security is not None:
         app = web_security.wrap(app, own_auth_prefixes=(API_PREFIX,))

@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         task_file = data_dir / "tasks.jsonl"
+        task_file.touch()  # watched from the start: no "does not exist" warning
         simulator = Simulator(
             SimulatorSettings(
                 port=0, api_keys=(DEMO_KEY,), time_scale=args.time_scale, seed=args.seed
