@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
-from exporter.api.mounts import API_PREFIX, WebApis
+from exporter.api.mounts import WebApis
+from exporter.api.validation import SOURCE as API_SOURCE
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
 from exporter.discovery.file import FileSource
 from exporter.discovery.runner import run_discovery
 from exporter.discovery.static import StaticSource
+from exporter.intake import TaskIntake
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
+from exporter.metrics.store_totals import StoreTotalsCollector
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.poller.cycle import PollCycle
 from exporter.poller.ratelimit import AccountShare
@@ -27,6 +30,7 @@ from exporter.poller.schedule import build_schedule
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
+from exporter.proxy.register import SOURCE as PROXY_SOURCE
 from exporter.replicas import open_store, request_budget, stream_sources
 from exporter.store.base import TaskStore
 from exporter.upstream.client import UpstreamClient
@@ -74,13 +78,22 @@ class Agent:
             pending_buckets=config.metrics.pending_buckets,
             max_models=config.metrics.max_models,
             reasons=self.classifier.reasons,
+            reason_classes=self.classifier.classes,
             budget_rps=config.polling.requests_per_second,
         )
-        self.recorder.add_models(self.store.models())
-        self.registry.register(TaskStoreCollector(self.store))
+        # Models the store knows: their series exist from the first scrape on.
+        self.recorder.restore_models(
+            [*(labels.model for labels in self.store.finish_totals()), *self.store.models()]
+        )
+        self.registry.register(TaskStoreCollector(self.store, recorder=self.recorder))
+        self.registry.register(StoreTotalsCollector(self.store, self.recorder))
+        self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
         self.sources += stream_sources(config, self.store)
+        self.recorder.add_sources(source.name for source in self.sources)
+        if config.proxy.enabled:
+            self.recorder.add_sources([PROXY_SOURCE])
         polling = config.polling
         self.client = UpstreamClient(
             config.api.base_url,
@@ -116,6 +129,7 @@ class Agent:
             # A slow request must not hold back every due task: after a cycle's
             # worth of waiting, the stragglers are applied by a later cycle.
             straggler_wait=polling.cycle_interval_seconds,
+            probe_interval=polling.probe_interval_seconds,
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
@@ -128,9 +142,12 @@ class Agent:
             ]
         )
         self._stopped = threading.Event()
+        # Last of all collectors: it runs once a scrape has read every other
+        # metric (see metrics/recorder.py). Nothing is registered after it.
+        self.registry.register(self.recorder.scrape_mark)
 
     def discover(self) -> None:
-        run_discovery(self.sources, self.store, self.recorder, time.time())
+        run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
 
     def poll(self) -> None:
         self.cycle.run_once()
@@ -257,9 +274,11 @@ def serve(
     apis = WebApis.from_config(config)  # an unusable API token stops the start (ValueError)
     agent = Agent(config, api_key, config_source)
     agent.task_api_on = apis.token is not None
-    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
+    if apis.token is not None:
+        agent.recorder.add_sources([API_SOURCE])
+    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder, agent.intake))
     if web_security is not None:
-        app = web_security.wrap(app, own_auth_prefixes=(API_PREFIX,))
+        app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
@@ -272,7 +291,11 @@ def serve(
         )
         return 1
     try:
-        proxy = build_proxy(config, agent.store, agent.recorder) if config.proxy.enabled else None
+        proxy = (
+            build_proxy(config, agent.store, agent.recorder, agent.intake)
+            if config.proxy.enabled
+            else None
+        )
     except OSError as exc:
         agent.store.close()
         log.error(

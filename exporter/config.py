@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from exporter.model import valid_task_id
+from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
 
 API_KEY_ENV = "LEMONDATA_API_KEY"
 DEFAULT_CONFIG_FILE = "config.yaml"
@@ -108,7 +109,7 @@ def check_poll_path(value: str | None) -> str | None:
         raise ValueError("must be a path on the API base such as /v1/tasks/ID, not a URL")
     if any(ord(c) < 0x21 or c in "\\#" for c in value) or len(value) > 512:
         raise ValueError("contains characters not allowed in a poll path")
-    return value
+    return check_no_dot_segments(value)
 
 
 def listen_address_problem(address: str, example_port: int = 9847) -> str | None:
@@ -151,6 +152,9 @@ class ApiConfig(_Section):
             raise ValueError("the port must be a number from 0 to 65535") from None
         if not parts.hostname:
             raise ValueError("must name a host")
+        problem = dot_segment_problem(parts.path)
+        if problem:
+            raise ValueError(f"the path {problem}")
         return value.rstrip("/")
 
     @field_validator("status_path")
@@ -180,6 +184,10 @@ class PollingConfig(_Section):
     max_interval_seconds: PositiveSeconds = 30.0
     # Share of the account's rate limit (X-RateLimit-* headers) left to the application.
     rate_limit_reserve_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
+    # With no status request sent for this long (nothing due, or every task
+    # backing off), one request for a task ID that cannot exist tells whether
+    # the API answers and takes the key; it counts against the budget.
+    probe_interval_seconds: PositiveSeconds = 60.0
 
 
 def check_redis_url(value: str | None) -> str | None:
@@ -205,6 +213,9 @@ class StoreConfig(_Section):
     # Names this replica in the store and in the stream's consumer group;
     # default: host name and process ID. Must differ between live replicas.
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    # The most unfinished tasks tracked at once; sources offering more are refused
+    # (lemondata_tasks_rejected_total{reason="limit"}).
+    max_tracked_tasks: int = Field(default=100_000, ge=1, le=100_000_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -273,9 +284,29 @@ class DiscoveryConfig(_Section):
         return self
 
 
+FailureClass = Literal["user", "service"]
+# Reasons that are the caller's doing (the prompt or the parameters), not the service's.
+USER_REASONS = frozenset({"content_policy", "invalid_request"})
+
+
+def default_failure_class(reason: str) -> FailureClass:
+    """The class of a reason whose rule does not name one."""
+    return "user" if reason in USER_REASONS else "service"
+
+
 class FailureReason(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     pattern: str
+    # `user`: the caller caused it; `service`: the API or its providers did.
+    # Default: `user` for content_policy and invalid_request, else `service`.
+    named_class: FailureClass | None = Field(default=None, alias="class")
+
+    @property
+    def failure_class(self) -> FailureClass:
+        """The rule's class, named or by default."""
+        return self.named_class or default_failure_class(self.reason)
 
     @field_validator("pattern")
     @classmethod
@@ -336,6 +367,8 @@ class ProxyConfig(_Section):
     max_connections: int = Field(default=64, ge=1, le=1024)
     # Create bodies up to this size are read to find `model`; larger ones pass through.
     max_create_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Any request body larger than this is refused with 413 (the connection closes).
+    max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024)
 
     @field_validator("listen_address")
     @classmethod
@@ -360,6 +393,10 @@ class ApiServerConfig(_Section):
     token_file: Path | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
     max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # `token`: /status asks for the task API's bearer token too (the page shows
+    # task IDs and upstream error texts). With --web.config.file basic auth it is
+    # behind basic auth either way.
+    status_page_auth: Literal["none", "token"] = "none"
 
 
 class Config(_Section):
@@ -373,6 +410,17 @@ class Config(_Section):
     api_server: ApiServerConfig = ApiServerConfig()
     proxy: ProxyConfig = ProxyConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _one_class_per_reason(self) -> Config:
+        classes: dict[str, str] = {}
+        for rule in self.failure_reasons:
+            if classes.setdefault(rule.reason, rule.failure_class) != rule.failure_class:
+                raise ValueError(
+                    f"failure_reasons: reason {rule.reason} is given both classes "
+                    "`user` and `service`; a reason has one class"
+                )
+        return self
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:

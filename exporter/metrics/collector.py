@@ -8,14 +8,22 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.store.base import TaskStore
 
 
 class TaskStoreCollector(Collector):
-    def __init__(self, store: TaskStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        clock: Callable[[], float] = time.time,
+        recorder: Recorder | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        # Maps models to labels, and knows which models get a 0 when idle.
+        self._recorder = recorder
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
@@ -43,3 +51,20 @@ class TaskStoreCollector(Collector):
             created = oldest.get(status)
             age.add_metric([status.value], max(0.0, now - created) if created else 0.0)
         yield age
+        if self._recorder is not None:
+            yield self._processing_age(self._recorder, now)
+
+    def _processing_age(self, recorder: Recorder, now: float) -> GaugeMetricFamily:
+        """A task stuck in processing shows here long before it times out."""
+        oldest: dict[str, float] = {label: now for label in recorder.models()}
+        for model, created in self._store.oldest_processing_by_model().items():
+            label = recorder.model_label(model)
+            oldest[label] = min(oldest.get(label, now), created)
+        family = GaugeMetricFamily(
+            "lemondata_task_processing_oldest_age_seconds",
+            "Age (now - created) of the oldest task in processing, per model; 0 when none.",
+            labels=["model"],
+        )
+        for label, created in sorted(oldest.items()):
+            family.add_metric([label], max(0.0, now - created))
+        return family

@@ -3,13 +3,20 @@
 Everything here is in memory and starts from zero at each start, as
 Prometheus counters do; finished tasks are recorded only when the store
 accepted their terminal record, so none is counted twice.
+
+Series exist at zero before their first increment, else `increase()` cannot
+see it: every (model, status) and (model, reason, class) set is created when
+the model is first known, and for a model first known after the start, the
+increments wait until one scrape has shown the zeros (`ScrapeMark`).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.config import default_failure_class
 from exporter.model import (
     FINISHED_STATUSES,
     UNKNOWN_STATUS_KIND,
@@ -49,6 +57,7 @@ API_ERROR_KINDS = (
 )
 # A usable answer, even if not good news: the API is reachable and takes the key.
 _API_ANSWERED = (OutcomeKind.REPORT, OutcomeKind.NOT_FOUND, OutcomeKind.RATE_LIMITED)
+ACCOUNT_STATES = ("ok", "key_rejected", "quota_exhausted")
 
 
 class ModelLabels:
@@ -71,6 +80,15 @@ class ModelLabels:
             self._known.add(label)
             return label
 
+    def overflows(self, model: str | None, label: str) -> bool:
+        """Whether `label` stands for `model` only because the cap was reached."""
+        return label == OTHER_MODEL and model is not None and model.strip() != OTHER_MODEL
+
+
+# A model first known after the start whose zeros no scrape has shown within
+# this time (nobody scrapes?) gets its increments anyway.
+NEW_SERIES_WAIT_SECONDS = 120.0
+
 
 class Recorder:
     """The exporter's metrics, in a registry of their own."""
@@ -84,34 +102,45 @@ class Recorder:
         max_models: int,
         reasons: Sequence[str],
         budget_rps: float,
+        reason_classes: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.model_label = ModelLabels(max_models)
-        self._reasons = tuple(reasons)
-        self._initialised_models: set[str] = set()
+        classes = dict(reason_classes or {})
+        self.reason_classes = {r: classes.get(r) or default_failure_class(r) for r in reasons}
+        # Model label -> scrape number when it was first known (-1: known at the start).
+        self._models_born: dict[str, tuple[int, float]] = {}
+        # Increments of models whose zeros no scrape has shown yet.
+        self._held: Tally[tuple[str, str, str | None]] = Tally()
+        self._scrapes = 0
         self._lock = threading.Lock()
+        self._clock = clock
         self.finished = Counter(
             "lemondata_tasks_finished",
-            "Tasks that reached a finished status.",
+            "Tasks that reached a finished status, seen by this process.",
             ["model", "status"],
             registry=registry,
         )
         self.failures = Counter(
             "lemondata_task_failures",
-            "Failed tasks by the reason classified from their error text.",
-            ["model", "reason"],
+            "Failed tasks seen by this process, by the reason classified from their error "
+            "text and its class (user: the caller's request; service: everything else).",
+            ["model", "reason", "class"],
             registry=registry,
         )
         self.duration = Histogram(
             "lemondata_task_duration_seconds",
-            "Time from a task's creation to its finish (exact when the API sends `updated`).",
+            "Time from a task's creation to its finish (exact when the API sends `updated`, "
+            "else the midpoint between the last poll that saw it unfinished and the first "
+            "that saw it finished).",
             ["model", "status"],
             buckets=duration_buckets,
             registry=registry,
         )
         self.uncertainty = Histogram(
             "lemondata_task_duration_uncertainty_seconds",
-            "For durations measured without `updated`: how late the finish may have been seen "
-            "(time since the previous poll).",
+            "For durations measured without `updated`: how far the true finish may be from "
+            "the measured one (half the time between the two polls around it).",
             buckets=UNCERTAINTY_BUCKETS,
             registry=registry,
         )
@@ -134,10 +163,23 @@ class Recorder:
             ["source"],
             registry=registry,
         )
+        self.label_overflow = Counter(
+            "lemondata_model_label_overflow",
+            "Finished tasks counted under model `other` because `metrics.max_models` "
+            "distinct models were already seen.",
+            registry=registry,
+        )
         self.api_requests = Counter(
             "lemondata_api_requests",
-            "Status requests sent upstream, by HTTP status code (`none` when no response came).",
+            "Status requests sent upstream (probes included), by HTTP status code "
+            "(`none` when no response came).",
             ["code"],
+            registry=registry,
+        )
+        self.api_probes = Counter(
+            "lemondata_api_probes",
+            "Status requests for a task that does not exist, sent when no other request "
+            "went out for `polling.probe_interval_seconds`, to learn whether the API answers.",
             registry=registry,
         )
         self.api_latency = Histogram(
@@ -154,6 +196,15 @@ class Recorder:
         )
         for kind in API_ERROR_KINDS:
             self.api_errors.labels(kind)
+        self.account_state = Gauge(
+            "lemondata_api_account_state",
+            "1 for the account's state as the API last told it (ok, key_rejected after a "
+            "401/403, quota_exhausted after a 402), 0 for the others; a problem holds until "
+            "an answer about a task proves otherwise.",
+            ["state"],
+            registry=registry,
+        )
+        self.set_account_state("ok")
         self.cycles = Counter("lemondata_poll_cycles", "Poll cycles run.", registry=registry)
         self.cycle_duration = Histogram(
             "lemondata_poll_cycle_duration_seconds",
@@ -197,23 +248,74 @@ class Recorder:
             ["version"],
             registry=registry,
         ).labels(__version__).set(1)
-        self.last_seen = LastSeenValues()
+        self.last_seen = LastSeenValues(clock)
         registry.register(self.last_seen)
+        # Registered last by whoever completes the registry (see `scrape_mark`).
+        self.scrape_mark = ScrapeMark(self._scrape_done)
+
+    # ---- label sets that exist before their first increment -------------------
+
+    def restore_models(self, labels: Iterable[str]) -> None:
+        """Model labels known before this start (from the store): their zeros are
+        created now, and a first increment after a restart reads as a counter
+        reset, which `increase()` counts in full."""
+        for label in labels:
+            if label not in (OTHER_MODEL, UNKNOWN_MODEL):
+                label = self.model_label(label)
+            self._init_model(label, at_start=True)
 
     def add_models(self, models: Iterable[str | None]) -> None:
         """Create zero series for models, so rates and ratios exist from the start."""
         for model in models:
             self._init_model(self.model_label(model))
 
-    def _init_model(self, label: str) -> None:
+    def add_sources(self, sources: Iterable[str]) -> None:
+        """Zero series for every discovery source configured."""
+        for source in sources:
+            self.discovered.labels(source)
+            self.discovery_errors.labels(source)
+
+    def _init_model(self, label: str, at_start: bool = False) -> None:
         with self._lock:
-            if label in self._initialised_models:
+            if label in self._models_born:
                 return
-            self._initialised_models.add(label)
+            self._models_born[label] = (-1 if at_start else self._scrapes, self._clock())
         for status in FINISHED_STATUSES:
             self.finished.labels(label, status.value)
-        for reason in self._reasons:
-            self.failures.labels(label, reason)
+        for reason, failure_class in self.reason_classes.items():
+            self.failures.labels(label, reason, failure_class)
+
+    def models(self) -> list[str]:
+        """Every model label with series."""
+        with self._lock:
+            return list(self._models_born)
+
+    def unshown_models(self) -> set[str]:
+        """Model labels first known after the start whose zeros no scrape has shown."""
+        with self._lock:
+            return {label for label in self._models_born if not self._shown(label)}
+
+    def _shown(self, label: str) -> bool:
+        born, at = self._models_born[label]
+        return born < self._scrapes or self._clock() - at >= NEW_SERIES_WAIT_SECONDS
+
+    def _scrape_done(self) -> None:
+        """After a scrape: its zeros were shown, so held increments apply now."""
+        with self._lock:
+            self._scrapes += 1
+            held, self._held = self._held, Tally()
+        self._count(held)
+
+    def _count(self, counts: Mapping[tuple[str, str, str | None], int]) -> None:
+        for (label, status, reason), n in counts.items():
+            self.finished.labels(label, status).inc(n)
+            if reason is not None:
+                self.failures.labels(label, reason, self.class_of(reason)).inc(n)
+
+    def class_of(self, reason: str) -> str:
+        return self.reason_classes.get(reason) or default_failure_class(reason)
+
+    # ---- events ---------------------------------------------------------------
 
     def tasks_discovered(self, source: str, count: int) -> None:
         self.discovered.labels(source).inc(count)
@@ -221,31 +323,47 @@ class Recorder:
     def discovery_error(self, source: str) -> None:
         self.discovery_errors.labels(source).inc()
 
-    def api_response(self, outcome: PollOutcome) -> None:
+    def api_response(self, outcome: PollOutcome, probe: bool = False) -> None:
         self.api_requests.labels(str(outcome.code) if outcome.code else "none").inc()
         self.api_latency.observe(outcome.latency)
-        if outcome.kind is not OutcomeKind.REPORT:
+        if probe:
+            self.api_probes.inc()
+        # A probe asks for a task that does not exist: not found is its good answer.
+        if outcome.kind is not OutcomeKind.REPORT and not (
+            probe and outcome.kind is OutcomeKind.NOT_FOUND
+        ):
             self.api_errors.labels(outcome.kind.value).inc()
         if outcome.rate_limit is not None:
             self.last_seen.rate_limit(outcome.rate_limit)
+        if answered(outcome):
+            self.last_seen.last_answer = self._clock()
 
     def api_reachable(self, answered: bool) -> None:
         self.last_seen.api_up = 1.0 if answered else 0.0
+
+    def set_account_state(self, state: str) -> None:
+        for name in ACCOUNT_STATES:
+            self.account_state.labels(name).set(1.0 if name == state else 0.0)
 
     def task_update(self, model: str | None, update: TaskUpdate, reason: str | None) -> None:
         """Observe what a stored update means; call only once the store accepted it."""
         if update.error_kind:
             self.api_errors.labels(update.error_kind).inc()
         label = self.model_label(model)
+        self._init_model(label)
         if update.pending_seconds is not None:
             self.pending.labels(label).observe(update.pending_seconds)
         finish = update.finish
         if finish is None:
             return
-        self._init_model(label)
-        self.finished.labels(label, finish.status.value).inc()
-        if reason is not None:
-            self.failures.labels(label, reason).inc()
+        if self.model_label.overflows(model, label):
+            self.label_overflow.inc()
+        counts = {(label, finish.status.value, reason): 1}
+        with self._lock:
+            if not self._shown(label):
+                self._held.update(counts)
+                counts = {}
+        self._count(counts)
         if finish.duration is not None:
             self.duration.labels(label, finish.status.value).observe(finish.duration)
             if not finish.exact and finish.uncertainty is not None:
@@ -268,15 +386,32 @@ def answered(outcome: PollOutcome) -> bool:
     return outcome.kind in _API_ANSWERED
 
 
+class ScrapeMark(Collector):
+    """Registered last: its collect runs once every other metric of a scrape was read."""
+
+    def __init__(self, on_scrape: Callable[[], None]) -> None:
+        self._on_scrape = on_scrape
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self._on_scrape()
+        return iter(())
+
+
 class LastSeenValues(Collector):
     """Values known only once the API has answered; absent until then.
 
     Exporting 0 before the first answer would claim the API is down or the
-    rate-limit budget is exhausted.
+    rate-limit budget is exhausted. Rate-limit values are dropped once their
+    reset time has passed: they describe a window that is over.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self.api_up: float | None = None
+        self.last_answer: float | None = None
         self._limit: float | None = None
         self._remaining: float | None = None
         self._reset: float | None = None
@@ -291,27 +426,36 @@ class LastSeenValues(Collector):
         return iter(())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        window_over = self._reset is not None and self._reset <= self._clock()
         for name, help_text, value in (
             (
                 "lemondata_api_up",
-                "1 if the last poll cycle got a usable answer from the API "
-                "(absent until the first answer).",
+                "1 if the API gave a usable answer to the latest status requests (a task's "
+                "status, task-not-found or 429), 0 if not; absent until the first request.",
                 self.api_up,
             ),
             (
+                "lemondata_api_last_answer_timestamp_seconds",
+                "When the API last gave a usable answer (unix time); absent until then.",
+                self.last_answer,
+            ),
+            (
                 "lemondata_api_rate_limit_limit",
-                "X-RateLimit-Limit of the last response that had it.",
-                self._limit,
+                "X-RateLimit-Limit of the last response that had it (absent once its "
+                "window's reset time has passed).",
+                None if window_over else self._limit,
             ),
             (
                 "lemondata_api_rate_limit_remaining",
-                "X-RateLimit-Remaining of the last response that had it.",
-                self._remaining,
+                "X-RateLimit-Remaining of the last response that had it (absent once its "
+                "window's reset time has passed).",
+                None if window_over else self._remaining,
             ),
             (
                 "lemondata_api_rate_limit_reset_timestamp_seconds",
-                "X-RateLimit-Reset (unix time) of the last response that had it.",
-                self._reset,
+                "X-RateLimit-Reset (unix time) of the last response that had it (absent once "
+                "it has passed).",
+                None if window_over else self._reset,
             ),
         ):
             if value is not None:

@@ -8,6 +8,12 @@ With adaptive polling (`schedule`), finished tasks teach the schedule how long
 their model takes, and when more tasks are due than the budget allows, those
 most likely to have finished go first. With `share`, X-RateLimit headers
 lower the budget before the account runs out.
+
+When no status request went out for `probe_interval` seconds (nothing due,
+or every task backing off after errors), one request for a task that cannot
+exist (`PROBE_TASK_ID`, answered 404 task-not-found) tells whether the API
+answers and takes the key, so `api_up` and the account state recover
+without tasks to poll.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from dataclasses import dataclass
 from exporter.classify import ReasonClassifier
 from exporter.metrics.recorder import Recorder, answered
 from exporter.model import Finish, OutcomeKind, PollOutcome, Status, Task
+from exporter.poller.account import MESSAGES, AccountState, account_state_after
 from exporter.poller.ratelimit import AccountShare, RequestBudget
 from exporter.poller.schedule import AdaptiveSchedule
 from exporter.poller.transitions import PollPolicy, decide
-from exporter.store.base import ModelStatsStore, TaskStore
+from exporter.store.base import FinishLabels, ModelStatsStore, TaskStore
 from exporter.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -37,15 +44,13 @@ CANDIDATES_PER_SLOT = 4
 # Never slower than this when X-RateLimit headers say the account runs low.
 MIN_RATE = 0.2
 STATS_SAVE_INTERVAL_SECONDS = 30.0
-# Outcomes about the account rather than the task: logged once per episode.
-_ACCOUNT_PROBLEMS = {
-    OutcomeKind.UNAUTHORIZED: "the API rejects the API key (HTTP 401/403): check "
-    "LEMONDATA_API_KEY or api.key_file; polling goes on with backoff",
-    OutcomeKind.PAYMENT_REQUIRED: "the API reports the account's quota or balance is "
-    "exhausted (HTTP 402); polling goes on with backoff",
-    OutcomeKind.REDIRECT: "the API answered with a redirect, which is never followed (the "
-    "key must not leave api.base_url): check api.base_url",
-}
+# Looks like an image task ID (`img_` and 24 hex digits) but names none: the
+# API answers 404 async_task_not_found, which needs a working key.
+PROBE_TASK_ID = "img_" + "0" * 24
+_REDIRECT_MESSAGE = (
+    "the API answered with a redirect, which is never followed (the key must not leave "
+    "api.base_url): check api.base_url"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class PollCycle:
         share: AccountShare | None = None,
         lookahead: float = 0.0,
         straggler_wait: float | None = None,
+        probe_interval: float | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -85,7 +91,12 @@ class PollCycle:
         self._jitter = jitter
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
         self._stop = threading.Event()
-        self._account_problem: OutcomeKind | None = None
+        self._account = AccountState.OK
+        self._redirected = False
+        # None: no probes. Else a probe goes out when no request did for this long.
+        self._probe_interval = probe_interval
+        self._probe: Future[PollOutcome | None] | None = None
+        self._last_sent = -math.inf
         self._schedule = schedule
         # Tasks due within this many seconds are taken now: with a cycle every
         # c seconds, half a cycle rounds each task's poll to the nearest cycle
@@ -126,11 +137,13 @@ class PollCycle:
             if self._stop.is_set():
                 break
             self._in_flight[self._pool.submit(self._poll, task)] = task
+            self._last_sent = now  # on its way: no probe needed meanwhile
         polled, finished, lag, any_answer = self._collect(self._straggler_wait)
         if deferred:  # due, but left for later: the budget is short
             lag = max(lag, self._clock() - min(t.next_poll_at for t in deferred))
         if any_answer is not None:
             self._recorder.api_reachable(any_answer)
+        self._run_probe()
         if time.monotonic() - self._stats_saved > STATS_SAVE_INTERVAL_SECONDS:
             self.save_stats()
         self._recorder.cycle_done(time.monotonic() - started, lag, self._clock())
@@ -209,24 +222,62 @@ class PollCycle:
     def _poll(self, task: Task) -> tuple[PollOutcome, float] | None:
         if not self._budget.acquire(self._stop):
             return None
-        sent_at = self._clock()
+        sent_at = self._last_sent = self._clock()
         return self._client.fetch_status(task.task_id, task.poll_url), sent_at
 
-    def _apply(self, task: Task, outcome: PollOutcome) -> bool:
-        """decide -> classify -> store -> record. True if the task finished."""
-        self._recorder.api_response(outcome)
-        self._note_account_problem(outcome)
+    def _run_probe(self) -> None:
+        """Apply a finished probe's answer; send one if no request went out for a while."""
+        probe = self._probe
+        if probe is not None and probe.done():
+            self._probe = None
+            try:
+                outcome = None if probe.cancelled() else probe.result()
+            except Exception:  # the client never raises; a bug must not stop polling
+                log.exception("the probe request failed")
+                outcome = None
+            if outcome is not None:
+                self._observe(outcome, probe=True)
+                self._recorder.api_reachable(answered(outcome))
+        interval = self._probe_interval
+        if self._probe is not None or interval is None or self._stop.is_set():
+            return
+        if self._clock() - self._last_sent >= interval:
+            self._last_sent = self._clock()
+            self._probe = self._pool.submit(self._send_probe)
+
+    def _send_probe(self) -> PollOutcome | None:
+        if not self._budget.acquire(self._stop):
+            return None
+        self._last_sent = self._clock()
+        return self._client.fetch_status(PROBE_TASK_ID)
+
+    def _observe(self, outcome: PollOutcome, probe: bool = False) -> None:
+        """What any answer tells about the API and the account."""
+        self._recorder.api_response(outcome, probe=probe)
+        self._note_account(outcome)
         if outcome.kind is OutcomeKind.RATE_LIMITED:
             self._budget.pause_for(outcome.retry_after or self._policy.backoff_base)
         if self._share is not None and outcome.rate_limit is not None:
             self._follow_headers(outcome)
+
+    def _apply(self, task: Task, outcome: PollOutcome) -> bool:
+        """decide -> classify -> store -> record. True if the task finished."""
+        self._observe(outcome)
         now = self._clock()
         update = decide(task, outcome, now, self._policy, self._jitter())
         finish = update.finish
         reason = None
-        if finish is not None and finish.status is Status.FAILED:
-            reason = self._classifier.classify(finish.error_message)
-        if not self._store.apply(task.task_id, update, now, reason):
+        labels = None
+        if finish is not None:
+            if finish.status is Status.FAILED:
+                reason = self._classifier.classify(finish.error_message)
+            labels = FinishLabels(
+                self._recorder.model_label(update.model),
+                finish.status.value,
+                reason,
+                self._classifier.class_of(reason) if reason is not None else None,
+            )
+        if not self._store.apply(task.task_id, update, now, reason, labels):
             return False  # finished or removed meanwhile: already recorded
         self._recorder.task_update(update.model, update, reason)
         if finish is not None and finish.duration is not None:
@@ -239,11 +290,10 @@ class PollCycle:
         if finish.exact and created is not None:
             self._recorder.detection_delay(now - (created + duration))
         elif finish.uncertainty is not None:
-            self._recorder.detection_delay(finish.uncertainty)
+            # The whole gap since the previous poll: an upper bound.
+            self._recorder.detection_delay(2 * finish.uncertainty)
         if self._schedule is not None:
-            # Not exact: the finish happened at some point since the previous poll.
-            late = 0.0 if finish.exact else (finish.uncertainty or 0.0) / 2
-            self._schedule.observe_finish(model, max(0.0, duration - late))
+            self._schedule.observe_finish(model, duration)
 
     def _follow_headers(self, outcome: PollOutcome) -> None:
         assert self._share is not None and outcome.rate_limit is not None
@@ -257,18 +307,17 @@ class PollCycle:
             self._budget.rate = rate
             self._recorder.allowed_rate(rate)
 
-    def _note_account_problem(self, outcome: PollOutcome) -> None:
-        problem = outcome.kind if outcome.kind in _ACCOUNT_PROBLEMS else None
-        if problem is self._account_problem or outcome.kind not in (
-            *_ACCOUNT_PROBLEMS,
-            *_RECOVERED,
-        ):
-            return
-        if problem is not None:
-            log.error("%s", _ACCOUNT_PROBLEMS[problem])
-        else:
-            log.info("the API accepts requests again")
-        self._account_problem = problem
-
-
-_RECOVERED = (OutcomeKind.REPORT, OutcomeKind.NOT_FOUND)
+    def _note_account(self, outcome: PollOutcome) -> None:
+        """Account state changes are exported and logged once per episode."""
+        state = account_state_after(self._account, outcome.kind)
+        if state is not self._account:
+            if state is AccountState.OK:
+                log.info("%s", MESSAGES[state])
+            else:
+                log.error("%s", MESSAGES[state])
+            self._account = state
+            self._recorder.set_account_state(state.value)
+        if outcome.kind is OutcomeKind.REDIRECT and not self._redirected:
+            log.error("%s", _REDIRECT_MESSAGE)
+        if outcome.kind in (OutcomeKind.REDIRECT, OutcomeKind.REPORT, OutcomeKind.NOT_FOUND):
+            self._redirected = outcome.kind is OutcomeKind.REDIRECT

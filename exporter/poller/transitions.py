@@ -191,15 +191,18 @@ def completion_duration(
 ) -> tuple[float | None, bool, float | None]:
     """(duration, exact, uncertainty) of a task first seen finished at `now`.
 
-    Exact when the API's `updated` is plausible; otherwise the moment the agent
-    saw the finish, which may be up to the time since the previous poll late.
+    Exact when the API's `updated` is plausible. Otherwise the finish happened
+    between the last poll that saw the task unfinished (or its creation) and
+    `now`: the midpoint of that gap, unbiased when a finish is as likely
+    anywhere in it, is the estimate, and half the gap its uncertainty.
     """
     if created is None:
         return None, False, None
     if updated is not None and created <= updated <= now + clock_skew:
         return updated - created, True, 0.0
     since = last_polled if last_polled is not None and last_polled >= created else created
-    return max(0.0, now - created), False, max(0.0, now - since)
+    half_gap = max(0.0, now - since) / 2
+    return max(0.0, now - half_gap - created), False, half_gap
 
 
 def _says_cancelled(error: str | None) -> bool:

@@ -29,6 +29,17 @@ class ModelSummary:
     median_duration_seconds: float | None  # over completed tasks with a duration
 
 
+@dataclass(frozen=True, slots=True)
+class FinishLabels:
+    """The label values a finish is counted under in the store-wide totals
+    (`lemondata_store_tasks_finished_total`, `lemondata_store_task_failures_total`)."""
+
+    model: str  # the model label, already bounded
+    status: str
+    reason: str | None = None  # failed tasks only
+    failure_class: str | None = None
+
+
 class TaskStore(Protocol):
     def add(
         self,
@@ -43,8 +54,22 @@ class TaskStore(Protocol):
         """Unfinished tasks whose next poll is due, most overdue first."""
         ...
 
-    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
-        """Store a poll's result; False if the task is gone or already finished."""
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
+        """Store a poll's result; False if the task is gone or already finished.
+
+        A finish with `labels` adds one to those labels' store-wide total in the
+        same transaction, so the totals survive any crash."""
+        ...
+
+    def finish_totals(self) -> dict[FinishLabels, int]:
+        """Store-wide count of finishes per label set, since the store was created."""
         ...
 
     def get(self, task_id: str) -> Task | None: ...
@@ -53,6 +78,12 @@ class TaskStore(Protocol):
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""
+        ...
+
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery) time
+        of its tasks in `processing`; models with none are left out. A few index
+        reads per model, never a scan of the tasks."""
         ...
 
     def models(self) -> list[str]: ...

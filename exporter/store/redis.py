@@ -20,7 +20,10 @@ Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
 `due` (zset of unfinished tasks by next poll time), `finished` (zset by
 finish time), `active:<status>` (zset by creation time, for the oldest-age
 gauge), `count` (hash of tasks by status), `models` (set), `source_state`
-(hash), `budget`, `budget:pause`. Redis Cluster is not supported (the
+(hash), `finish_totals` (hash: finishes per label set, counted by the
+`apply` script, never pruned), `processing_by_model:<model>` (zset of the
+tasks in processing by creation time, '' for no model) and `processing_models`
+(set of those models), `budget`, `budget:pause`. Redis Cluster is not supported (the
 scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
 """
 
@@ -37,7 +40,7 @@ import redis
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
 from exporter.poller.ratelimit import RequestBudget
-from exporter.store.base import ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 from exporter.store.sqlite import StoreError
 
 PRUNE_BATCH = 1000
@@ -104,10 +107,10 @@ local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local active, next_poll_at = ARGV[7], ARGV[8]
 local key = p .. 'task:' .. id
 local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_until',
-  'discovered_at')
+  'discovered_at', 'model')
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', key, ARGV[i])
   else
@@ -126,7 +129,20 @@ if cur[1] ~= status then
   redis.call('RPUSH', events, now .. ' ' .. status .. ' ' .. cur[1])
   redis.call('LTRIM', events, -tonumber(ARGV[9]), -1)
 end
+if cur[1] == 'processing' then
+  local by_model = p .. 'processing_by_model:' .. (cur[6] or '')
+  redis.call('ZREM', by_model, id)
+  if redis.call('EXISTS', by_model) == 0 then
+    redis.call('SREM', p .. 'processing_models', cur[6] or '')
+  end
+end
+if status == 'processing' and finishing ~= '1' then
+  local created = redis.call('HGET', key, 'created') or cur[5]
+  redis.call('ZADD', p .. 'processing_by_model:' .. (model or ''), created, id)
+  redis.call('SADD', p .. 'processing_models', model or '')
+end
 if finishing == '1' then
+  if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
   redis.call('HSET', key, 'finished_at', now, 'finished_by', me)
   redis.call('ZREM', p .. 'due', id)
   redis.call('ZREM', p .. 'active:' .. status, id)
@@ -161,6 +177,14 @@ local p, id = ARGV[1], ARGV[2]
 local key = p .. 'task:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return 0 end
+if status == 'processing' then
+  local model = redis.call('HGET', key, 'model') or ''
+  local by_model = p .. 'processing_by_model:' .. model
+  redis.call('ZREM', by_model, id)
+  if redis.call('EXISTS', by_model) == 0 then
+    redis.call('SREM', p .. 'processing_models', model)
+  end
+end
 redis.call('HINCRBY', p .. 'count', status, -1)
 redis.call('DEL', key, p .. 'events:' .. id)
 for _, index in ipairs({'due', 'finished', 'ids', 'active:' .. status}) do
@@ -290,6 +314,15 @@ def _task(fields: dict[str, str]) -> Task:
     )
 
 
+# Label values never hold a tab (see metrics/recorder.py).
+_TOTALS_SEPARATOR = "\t"
+
+
+def _totals_field(labels: FinishLabels) -> str:
+    parts = (labels.model, labels.status, labels.reason or "", labels.failure_class or "")
+    return _TOTALS_SEPARATOR.join(parts)
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -367,7 +400,14 @@ class RedisTaskStore:
         )
         return [_task(_pairs(row)) for row in rows]
 
-    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
         """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
         finish = update.finish
         fields: dict[str, float | int | str | None] = {
@@ -396,10 +436,22 @@ class RedisTaskStore:
             "1" if update.status.value in _ACTIVE else "0",
             _text(update.next_poll_at),
             str(MAX_EVENTS_PER_TASK),
+            _totals_field(labels) if finish and labels else "",
         ]
         for name, value in fields.items():
             args += [name, _text(value)]
         return bool(self._apply(args=args))
+
+    def finish_totals(self) -> dict[FinishLabels, int]:
+        """Store-wide count of finishes per label set."""
+        totals = cast(dict[str, str], self.client.hgetall(self._key("finish_totals")))
+        result = {}
+        for field, n in totals.items():
+            parts = field.split(_TOTALS_SEPARATOR)
+            if len(parts) == 4:
+                model, status, reason, failure_class = parts
+                result[FinishLabels(model, status, reason or None, failure_class or None)] = int(n)
+        return result
 
     def get(self, task_id: str) -> Task | None:
         fields = cast(dict[str, str], self.client.hgetall(self._key("task", task_id)))
@@ -429,6 +481,19 @@ class RedisTaskStore:
         for status, rows in zip(ACTIVE_STATUSES, pipe.execute(), strict=True):
             if rows:
                 result[status] = float(rows[0][1])
+        return result
+
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery)
+        time of its tasks in `processing`; models with none are left out."""
+        models = cast(list[str], self.client.srandmember(self._key("processing_models"), limit))
+        pipe = self.client.pipeline(transaction=False)
+        for model in models:
+            pipe.zrange(self._key("processing_by_model", model), 0, 0, withscores=True)
+        result: dict[str | None, float] = {}
+        for model, rows in zip(models, pipe.execute(), strict=True):
+            if rows:
+                result[model or None] = float(rows[0][1])
         return result
 
     def models(self) -> list[str]:

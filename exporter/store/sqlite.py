@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
-from exporter.store.base import ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -82,6 +82,44 @@ INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP B
 _OLDEST_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_oldest ON tasks (status, COALESCE(created, discovered_at))"
 )
+# The oldest task in `processing` per model: one seek per model (see
+# `oldest_processing_by_model`), on an index of processing tasks only.
+_PROCESSING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_processing_model ON tasks"
+    " (model, COALESCE(created, discovered_at)) WHERE status = 'processing'"
+)
+# Walks the distinct models of that index (a skip scan: one seek per model),
+# then the earliest time of each; the literal `status = 'processing'` lets
+# SQLite use the partial index.
+_OLDEST_PROCESSING = """
+WITH RECURSIVE m(model, n) AS (
+    SELECT (SELECT MIN(model) FROM tasks INDEXED BY tasks_processing_model
+        WHERE status = 'processing' AND model IS NOT NULL), 0
+    UNION ALL
+    SELECT (SELECT MIN(model) FROM tasks INDEXED BY tasks_processing_model
+        WHERE status = 'processing' AND model > m.model), n + 1
+    FROM m WHERE m.model IS NOT NULL AND n < ?
+)
+SELECT model, (SELECT MIN(COALESCE(created, discovered_at))
+    FROM tasks INDEXED BY tasks_processing_model
+    WHERE status = 'processing' AND model = m.model)
+FROM m WHERE model IS NOT NULL
+UNION ALL
+SELECT NULL, MIN(COALESCE(created, discovered_at)) FROM tasks INDEXED BY tasks_processing_model
+    WHERE status = 'processing' AND model IS NULL
+"""
+# Finishes per label set, counted in the finish's own transaction (`apply`);
+# never pruned. '' stands for no reason or class.
+_FINISH_TOTALS = """
+CREATE TABLE IF NOT EXISTS finish_totals (
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    class TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (model, status, reason, class)
+) WITHOUT ROWID
+"""
 # Columns added after the first release: (name, type), added to older files on open.
 _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
 _COLUMNS = (
@@ -114,6 +152,8 @@ class SqliteTaskStore:
             _add_columns(self._db)
             _add_status_counts(self._db)
             self._db.execute(_OLDEST_INDEX)
+            self._db.execute(_FINISH_TOTALS)
+            self._db.execute(_PROCESSING_INDEX)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
@@ -185,7 +225,14 @@ class SqliteTaskStore:
             ).fetchall()
         return [_task(row) for row in rows]
 
-    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
         """Store a poll's result. False if the task is gone or already finished."""
         finish = update.finish
         with self._transaction() as db:
@@ -219,7 +266,20 @@ class SqliteTaskStore:
             )
             if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
                 _record_event(db, task_id, now, before[0], update.status.value)
+            if cursor.rowcount == 1 and finish is not None and labels is not None:
+                _count_finish(db, labels)
             return cursor.rowcount == 1
+
+    def finish_totals(self) -> dict[FinishLabels, int]:
+        """Store-wide count of finishes per label set."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model, status, reason, class, n FROM finish_totals"
+            ).fetchall()
+        return {
+            FinishLabels(model, status, reason or None, failure_class or None): n
+            for model, status, reason, failure_class, n in rows
+        }
 
     def get(self, task_id: str) -> Task | None:
         with self._lock:
@@ -245,6 +305,13 @@ class SqliteTaskStore:
                 if row[0] is not None:
                     result[status] = float(row[0])
         return result
+
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery)
+        time of its tasks in `processing`; models with none are left out."""
+        with self._lock:
+            rows = self._db.execute(_OLDEST_PROCESSING, (limit,)).fetchall()
+        return {model: float(oldest) for model, oldest in rows if oldest is not None}
 
     def models(self) -> list[str]:
         with self._lock:
@@ -389,6 +456,14 @@ def _record_event(
         "DELETE FROM task_events WHERE task_id = ? AND seq <= (SELECT seq FROM task_events"
         " WHERE task_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
         (task_id, task_id, MAX_EVENTS_PER_TASK),
+    )
+
+
+def _count_finish(db: sqlite3.Connection, labels: FinishLabels) -> None:
+    db.execute(
+        "INSERT INTO finish_totals (model, status, reason, class, n) VALUES (?, ?, ?, ?, 1)"
+        " ON CONFLICT DO UPDATE SET n = n + 1",
+        (labels.model, labels.status, labels.reason or "", labels.failure_class or ""),
     )
 
 

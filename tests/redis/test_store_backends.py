@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
-from exporter.store.base import TaskStore
+from exporter.store.base import FinishLabels, TaskStore
 from exporter.store.redis import RedisTaskStore, SharedRequestBudget, redact_url
 from exporter.store.sqlite import SqliteTaskStore, StoreError
 from tests.redis.server import RedisServer
@@ -163,6 +163,69 @@ def test_concurrent_finishes_record_once(make_store: MakeStore) -> None:
         thread.join()
     assert sorted(wins["r1"] + wins["r2"]) == sorted(ids)
     assert first.count_by_status() == {Status.COMPLETED: len(ids)}
+
+
+def test_finish_totals_count_each_finish_once_and_outlive_pruning(make_store: MakeStore) -> None:
+    first, second = make_store("r1"), make_store("r2")
+    ids = [f"t{n}" for n in range(30)]
+    first.add([DiscoveredTask(i, "x") for i in ids], 100.0)
+    failed = FinishLabels("flux", "failed", "content_policy", "user")
+    completed = FinishLabels("flux", "completed")
+
+    def race(store: TaskStore) -> None:
+        for n, task_id in enumerate(ids):
+            if n % 3:
+                store.apply(
+                    task_id,
+                    update(Status.COMPLETED, Finish(Status.COMPLETED)),
+                    105.0,
+                    None,
+                    completed,
+                )
+            else:
+                done = update(Status.FAILED, Finish(Status.FAILED, error_message="nsfw"))
+                store.apply(task_id, done, 105.0, "content_policy", failed)
+
+    threads = [threading.Thread(target=race, args=(store,)) for store in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # An unfinished update counts nothing, even with labels.
+    first.add([DiscoveredTask("u", "x")], 100.0)
+    assert first.apply("u", update(Status.PROCESSING), 106.0, None, completed)
+    expected = {completed: 20, failed: 10}
+    assert first.finish_totals() == expected == second.finish_totals()
+    assert first.prune(200.0) == 30
+    assert make_store("r3").finish_totals() == expected  # kept by the store, not the tasks
+
+
+def test_oldest_processing_by_model(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add([DiscoveredTask(f"t{n}", "x") for n in range(6)], 100.0)
+
+    def to(task_id: str, status: Status, model: str | None, created: float) -> None:
+        changed = update(status, Finish(status) if status is Status.COMPLETED else None)
+        changed = TaskUpdate(**{**_fields(changed), "model": model, "created": created})
+        assert store.apply(task_id, changed, 110.0, None)
+
+    assert store.oldest_processing_by_model() == {}
+    to("t0", Status.PROCESSING, "flux", 50.0)
+    to("t1", Status.PROCESSING, "flux", 40.0)
+    to("t2", Status.PROCESSING, "veo", 70.0)
+    to("t3", Status.PENDING, "veo", 10.0)  # pending: not counted
+    to("t4", Status.PROCESSING, None, 80.0)
+    assert store.oldest_processing_by_model() == {"flux": 40.0, "veo": 70.0, None: 80.0}
+    to("t1", Status.COMPLETED, "flux", 40.0)
+    to("t2", Status.PROCESSING, "veo", 70.0)  # polled again, still processing
+    assert store.remove("t4")
+    assert store.oldest_processing_by_model() == {"flux": 50.0, "veo": 70.0}
+    to("t0", Status.COMPLETED, "flux", 50.0)
+    assert store.oldest_processing_by_model() == {"veo": 70.0}
+
+
+def _fields(changed: TaskUpdate) -> dict[str, object]:
+    return {name: getattr(changed, name) for name in TaskUpdate.__dataclass_fields__}
 
 
 # ---- Redis only -------------------------------------------------------------

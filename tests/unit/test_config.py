@@ -84,3 +84,43 @@ def test_api_key_from_env_or_file(tmp_path: Path) -> None:
     missing = load_config(write(tmp_path, f"api:\n  key_file: {tmp_path / 'none'}\n"))
     with pytest.raises(ConfigError, match=r"api\.key_file"):
         read_api_key(missing, {})
+
+
+def test_failure_classes_by_default_and_per_rule(tmp_path: Path) -> None:
+    from exporter.classify import ReasonClassifier
+
+    config = load_config(
+        write(
+            tmp_path,
+            """
+failure_reasons:
+  - reason: content_policy
+    pattern: "(?i)safety"
+  - reason: quota
+    pattern: "(?i)quota"
+    class: user
+  - reason: invalid_request
+    pattern: "(?i)invalid"
+    class: service
+""",
+        )
+    )
+    classes = ReasonClassifier(config.failure_reasons).classes
+    assert classes == {
+        "content_policy": "user",
+        "quota": "user",
+        "invalid_request": "service",
+        "unknown": "service",
+    }
+    defaults = ReasonClassifier(load_config(write(tmp_path, "")).failure_reasons).classes
+    assert {r for r, c in defaults.items() if c == "user"} == {"content_policy", "invalid_request"}
+
+
+def test_a_reason_has_one_class(tmp_path: Path) -> None:
+    both = (
+        "failure_reasons:\n  - {reason: odd, pattern: a, class: user}\n"
+        "  - {reason: odd, pattern: b}\n"
+    )
+    assert "reason odd is given both classes" in "\n".join(problems(write(tmp_path, both)))
+    unknown = "failure_reasons:\n  - {reason: odd, pattern: a, class: nobody}\n"
+    assert "failure_reasons[0].class" in "\n".join(problems(write(tmp_path, unknown)))

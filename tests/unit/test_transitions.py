@@ -48,18 +48,26 @@ def test_completed_with_updated_is_exact() -> None:
     assert update.finish.uncertainty == 0
 
 
-def test_completed_without_updated_uses_first_sight_and_poll_gap() -> None:
+def test_completed_without_updated_is_the_midpoint_of_the_poll_gap() -> None:
     running = task(status=Status.PROCESSING, created=NOW - 90, last_polled=NOW - 5)
     update = decide(running, report("completed"), NOW, POLICY, 0)
     assert update.finish is not None
-    assert update.finish.duration == 90
+    # Finished between NOW - 5 (seen processing) and NOW (seen completed).
+    assert update.finish.duration == 87.5
     assert not update.finish.exact
-    assert update.finish.uncertainty == 5
+    assert update.finish.uncertainty == 2.5
+
+
+def test_first_poll_seeing_a_finish_measures_from_creation() -> None:
+    fresh = task(status=Status.UNKNOWN, created=NOW - 40)
+    update = decide(fresh, report("failed", error="boom"), NOW, POLICY, 0)
+    assert update.finish is not None
+    assert (update.finish.duration, update.finish.uncertainty) == (20, 20)
 
 
 def test_updated_before_created_or_in_future_is_ignored() -> None:
     assert completion_duration(100.0, 50.0, 90.0, 200.0, 300)[1] is False
-    assert completion_duration(100.0, 10_000.0, 190.0, 200.0, 300) == (100.0, False, 10.0)
+    assert completion_duration(100.0, 10_000.0, 190.0, 200.0, 300) == (95.0, False, 5.0)
     assert completion_duration(None, 150.0, 90.0, 200.0, 300) == (None, False, None)
 
 
@@ -116,7 +124,7 @@ def test_uncertainty_counts_from_the_last_poll_that_saw_the_status() -> None:
         after_error = decide(later, error, NOW - 5, POLICY, 0)
         assert after_error.last_polled == NOW - 10
     done = decide(later, report("completed"), NOW, POLICY, 0)
-    assert done.finish is not None and done.finish.uncertainty == 10
+    assert done.finish is not None and done.finish.uncertainty == 5
 
 
 def test_gives_up_after_max_wait() -> None:
