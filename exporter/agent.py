@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -258,6 +259,15 @@ class Agent:
         self.store.close()
 
 
+def bind_failure(exc: OSError) -> str:
+    """Why a port could not be opened, e.g. "Address already in use" (the HTTP server
+    wraps the socket's error in a message of its own)."""
+    if exc.strerror:
+        return exc.strerror
+    found = re.search(r"\[Errno \d+\] ([^)]+)", str(exc))
+    return found.group(1) if found else str(exc)
+
+
 def serve(
     config: Config,
     api_key: SecretStr,
@@ -287,7 +297,7 @@ def serve(
         log.error(
             "cannot listen on %s: %s; choose another address with --web.listen-address",
             listen_address,
-            exc.strerror,
+            bind_failure(exc),
         )
         return 1
     try:
@@ -301,7 +311,7 @@ def serve(
         log.error(
             "proxy: cannot listen on %s: %s; choose another address in proxy.listen_address",
             config.proxy.listen_address,
-            exc.strerror,
+            bind_failure(exc),
         )
         return 1
     previous = {
