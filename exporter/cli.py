@@ -171,7 +171,7 @@ def listen_address(text: str) -> str:
     """argparse type for --web.listen-address: refused before anything starts."""
     problem = listen_address_problem(text)
     if problem:
-        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+        raise argparse.ArgumentTypeError(problem)  # without the text: it may be a secret
     return text
 
 

@@ -114,6 +114,7 @@ def check_poll_path(value: str | None) -> str | None:
 
 def listen_address_problem(address: str, example_port: int = 9847) -> str | None:
     """Why `address` is not `host:port`, `:port` or `[v6-host]:port`; None when it is."""
+    # The address is never echoed: a secret pasted into the wrong flag stays unprinted.
     if address.strip().isdigit():
         port = address.strip()
         return f"a bare port number; write :{port} (every interface) or 127.0.0.1:{port}"
@@ -732,6 +733,15 @@ def world_readable(path: Path) -> str | None:
     return None
 
 
+def shown_path(path: Path) -> str:
+    """`path` for a message about a file that cannot be read, unless it may be the secret
+    itself pasted in place of a file name (no folder, no extension)."""
+    text = str(path)
+    if "/" in text or "." in text:
+        return text
+    return "the file named there (if that is the secret itself: name a file that holds it)"
+
+
 def read_api_key(
     config: Config, environ: Mapping[str, str] | None = None, source: str = ""
 ) -> SecretStr | None:
@@ -747,10 +757,12 @@ def read_api_key(
         try:
             key = key_file.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
-            raise ConfigError([f"{prefix}api.key_file: {key_file} is not UTF-8 text"]) from None
+            raise ConfigError(
+                [f"{prefix}api.key_file: {shown_path(key_file)} is not UTF-8 text"]
+            ) from None
         except OSError as exc:
             raise ConfigError(
-                [f"{prefix}api.key_file: cannot read {key_file}: {exc.strerror}"]
+                [f"{prefix}api.key_file: cannot read {shown_path(key_file)}: {exc.strerror}"]
             ) from None
         if not key:
             raise ConfigError([f"{prefix}api.key_file: {key_file} is empty"])

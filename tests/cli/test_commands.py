@@ -64,7 +64,7 @@ def test_a_bad_listen_address_is_refused_before_anything_starts(
 def test_run_refusal_names_the_fix_for_a_bare_port(tmp_path: Path) -> None:
     result = cli("run", "--web.listen-address", "9860", cwd=tmp_path)
     assert lines(result.stderr)[-1] == (
-        "lemondata-exporter run: error: argument --web.listen-address: '9860': a bare port "
+        "lemondata-exporter run: error: argument --web.listen-address: a bare port "
         "number; write :9860 (every interface) or 127.0.0.1:9860"
     )
 
