@@ -1,14 +1,15 @@
 # syntax=docker/dockerfile:1
 # lemondata-exporter: docker build -t lemondata-exporter .
 #
-# The build stage turns the project and its pinned dependencies into wheels;
-# the final stage installs them without a compiler, a cache or the sources.
+# The build stage turns the project and its dependencies, at the exact
+# versions in constraints.txt, into wheels; the final stage installs them
+# without a compiler, a cache or the sources.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="lemondata-exporter" \

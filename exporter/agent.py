@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
-from exporter.api.mounts import API_PREFIX, WebApis
+from exporter.api.mounts import WebApis
 from exporter.api.validation import SOURCE as API_SOURCE
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
@@ -19,6 +19,7 @@ from exporter.discovery.base import DiscoverySource
 from exporter.discovery.file import FileSource
 from exporter.discovery.runner import run_discovery
 from exporter.discovery.static import StaticSource
+from exporter.intake import TaskIntake
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
 from exporter.metrics.store_totals import StoreTotalsCollector
@@ -86,6 +87,7 @@ class Agent:
         )
         self.registry.register(TaskStoreCollector(self.store, recorder=self.recorder))
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))
+        self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
         self.sources += stream_sources(config, self.store)
@@ -144,7 +146,7 @@ class Agent:
         self.registry.register(self.recorder.scrape_mark)
 
     def discover(self) -> None:
-        run_discovery(self.sources, self.store, self.recorder, time.time())
+        run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
 
     def poll(self) -> None:
         self.cycle.run_once()
@@ -249,9 +251,9 @@ def serve(
     agent = Agent(config, api_key, config_source)
     if apis.token is not None:
         agent.recorder.add_sources([API_SOURCE])
-    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder))
+    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder, agent.intake))
     if web_security is not None:
-        app = web_security.wrap(app, own_auth_prefixes=(API_PREFIX,))
+        app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
@@ -260,7 +262,11 @@ def serve(
         log.error("cannot listen on %s: %s", listen_address, exc.strerror)
         return 1
     try:
-        proxy = build_proxy(config, agent.store, agent.recorder) if config.proxy.enabled else None
+        proxy = (
+            build_proxy(config, agent.store, agent.recorder, agent.intake)
+            if config.proxy.enabled
+            else None
+        )
     except OSError as exc:
         agent.store.close()
         log.error("proxy: cannot listen on %s: %s", config.proxy.listen_address, exc.strerror)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from exporter.model import valid_task_id
+from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
 
 API_KEY_ENV = "LEMONDATA_API_KEY"
 DEFAULT_CONFIG_FILE = "config.yaml"
@@ -99,7 +100,7 @@ def check_poll_path(value: str | None) -> str | None:
         raise ValueError("must be a path on the API base such as /v1/tasks/ID, not a URL")
     if any(ord(c) < 0x21 or c in "\\#" for c in value) or len(value) > 512:
         raise ValueError("contains characters not allowed in a poll path")
-    return value
+    return check_no_dot_segments(value)
 
 
 class ApiConfig(_Section):
@@ -129,6 +130,9 @@ class ApiConfig(_Section):
             raise ValueError("the port must be a number from 0 to 65535") from None
         if not parts.hostname:
             raise ValueError("must name a host")
+        problem = dot_segment_problem(parts.path)
+        if problem:
+            raise ValueError(f"the path {problem}")
         return value.rstrip("/")
 
     @field_validator("status_path")
@@ -187,6 +191,9 @@ class StoreConfig(_Section):
     # Names this replica in the store and in the stream's consumer group;
     # default: host name and process ID. Must differ between live replicas.
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    # The most unfinished tasks tracked at once; sources offering more are refused
+    # (lemondata_tasks_rejected_total{reason="limit"}).
+    max_tracked_tasks: int = Field(default=100_000, ge=1, le=100_000_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -338,6 +345,8 @@ class ProxyConfig(_Section):
     max_connections: int = Field(default=64, ge=1, le=1024)
     # Create bodies up to this size are read to find `model`; larger ones pass through.
     max_create_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Any request body larger than this is refused with 413 (the connection closes).
+    max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024)
 
     @field_validator("create_paths")
     @classmethod
@@ -354,6 +363,10 @@ class ApiServerConfig(_Section):
     token_file: Path | None = None
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
     max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # `token`: /status asks for the task API's bearer token too (the page shows
+    # task IDs and upstream error texts). With --web.config.file basic auth it is
+    # behind basic auth either way.
+    status_page_auth: Literal["none", "token"] = "none"
 
     @model_validator(mode="before")
     @classmethod

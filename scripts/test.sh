@@ -22,7 +22,7 @@ if ((${#apt_packages[@]})); then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"

@@ -33,6 +33,7 @@ from exporter.api.validation import (
     parse_registration,
     task_id_from_path,
 )
+from exporter.intake import LIMIT_SETTING, TaskIntake
 from exporter.model import Task
 from exporter.store.base import TaskEvent, TaskStore
 
@@ -70,6 +71,7 @@ class TaskApi:
         max_body_bytes: int = 65_536,
         max_batch_size: int = 500,
         clock: Callable[[], float] = time.time,
+        intake: TaskIntake | None = None,
     ) -> None:
         self.store = store
         self.recorder = recorder
@@ -77,6 +79,7 @@ class TaskApi:
         self.max_batch_size = max_batch_size
         self._check = BearerCheck(token) if token is not None else None
         self._clock = clock
+        self._intake = intake
         self._openapi = _encode(openapi_document(max_batch_size))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -148,7 +151,24 @@ class TaskApi:
 
     def _register(self, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
         body = self._read_body(environ)
-        tasks = parse_registration(parse_json(body), self.max_batch_size)
+        try:
+            tasks = parse_registration(parse_json(body), self.max_batch_size)
+        except ApiError:
+            if self._intake is not None:
+                self._intake.reject(SOURCE, "invalid")
+            raise
+        if self._intake is not None:
+            # All or nothing: a client retries the same batch once there is room.
+            refused = self._intake.would_reject(tasks)
+            if refused:
+                self._intake.reject(SOURCE, "limit", refused)
+                raise ApiError(
+                    503,
+                    "too_many_tasks",
+                    f"the exporter already tracks its limit of {self._intake.limit} unfinished "
+                    f"tasks ({LIMIT_SETTING}); {refused} new task(s) would not fit and nothing "
+                    "was added; retry when tasks have finished, or raise the limit",
+                )
         added = self.store.add(tasks, self._clock())
         if added:
             self.recorder.tasks_discovered(SOURCE, len(added))
@@ -313,4 +333,5 @@ _STATUS_LINES = {
     413: "413 Content Too Large",
     415: "415 Unsupported Media Type",
     500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
 }

@@ -6,13 +6,15 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import SecretStr
 
 from exporter.config import Config
 
 TOKEN_ENV = "LEMONDATA_EXPORTER_TOKEN"
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MIN_TOKEN_CHARS = 16
 # What fits in an Authorization header without quoting: printable ASCII, no spaces.
 _TOKEN_CHARS = re.compile(r"[!-~]+")
@@ -34,6 +36,11 @@ def read_token(config: Config, environ: Mapping[str, str] | None = None) -> Secr
             raise TokenError(f"api_server.token_file: cannot read {token_file}: {reason}") from None
         return SecretStr(_checked(token, f"api_server.token_file {token_file}"))
     token = env.get(TOKEN_ENV, "").strip()
+    if not token and config.api_server.status_page_auth == "token":
+        raise TokenError(
+            f"api_server.status_page_auth is token, but no token is set: set ${TOKEN_ENV} "
+            "or api_server.token_file"
+        )
     return SecretStr(_checked(token, f"${TOKEN_ENV}")) if token else None
 
 
@@ -48,6 +55,27 @@ def _checked(token: str, where: str) -> str:
             "(e.g. the output of `openssl rand -hex 32`)"
         )
     return token
+
+
+def require_token(app: WSGIApp, check: BearerCheck) -> WSGIApp:
+    """`app` answered only for requests with the right bearer token."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if check(environ.get("HTTP_AUTHORIZATION")):
+            return app(environ, start_response)
+        body = b"send the exporter's API token as `Authorization: Bearer <token>`\n"
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", 'Bearer realm="lemondata-exporter"'),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
+
+    return guarded
 
 
 class BearerCheck:

@@ -9,10 +9,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from exporter.api.app import RegistrationRecorder, TaskApi
-from exporter.api.auth import TOKEN_ENV, read_token
+from exporter.api.auth import TOKEN_ENV, BearerCheck, read_token, require_token
 from exporter.api.status_page import PATH as STATUS_PATH
 from exporter.api.status_page import StatusPage
 from exporter.config import Config
+from exporter.intake import TaskIntake
 from exporter.logsetup import add_secret
 from exporter.store.base import TaskStore
 
@@ -37,7 +38,12 @@ class WebApis:
             add_secret(token.get_secret_value())
         return cls(config, token)
 
-    def mounts(self, store: TaskStore, recorder: RegistrationRecorder) -> dict[str, WSGIApp]:
+    def mounts(
+        self,
+        store: TaskStore,
+        recorder: RegistrationRecorder,
+        intake: TaskIntake | None = None,
+    ) -> dict[str, WSGIApp]:
         settings = self.config.api_server
         if self.token is None:
             log.info(
@@ -51,5 +57,15 @@ class WebApis:
             self.token,
             max_body_bytes=settings.max_body_bytes,
             max_batch_size=settings.max_batch_size,
+            intake=intake,
         )
-        return {API_PREFIX: api, STATUS_PATH: StatusPage(store)}
+        status_page: WSGIApp = StatusPage(store)
+        if settings.status_page_auth == "token" and self.token is not None:
+            status_page = require_token(status_page, BearerCheck(self.token))
+        return {API_PREFIX: api, STATUS_PATH: status_page}
+
+    def own_auth_prefixes(self) -> tuple[str, ...]:
+        """Paths whose app checks the bearer token itself: basic auth leaves them alone."""
+        if self.config.api_server.status_page_auth == "token":
+            return (API_PREFIX, STATUS_PATH)
+        return (API_PREFIX,)

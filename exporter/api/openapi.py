@@ -208,6 +208,10 @@ def openapi_document(max_batch_size: int) -> dict[str, Any]:
                         "411": _error_response("No Content-Length header."),
                         "413": _error_response("The body is larger than the limit."),
                         "415": _error_response("The body is not `application/json`."),
+                        "503": _error_response(
+                            "The store already tracks `store.max_tracked_tasks` unfinished "
+                            "tasks; nothing of the batch was added. Retry later."
+                        ),
                         "500": _SERVER_ERROR,
                     },
                 },

@@ -6,6 +6,7 @@ import logging
 import time
 
 from exporter.config import Config
+from exporter.intake import TaskIntake
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
 from exporter.proxy.register import SOURCE
@@ -15,10 +16,18 @@ from exporter.store.base import TaskStore
 log = logging.getLogger(__name__)
 
 
-def build_proxy(config: Config, store: TaskStore, recorder: Recorder) -> ProxyServer:
-    """The proxy of `config.proxy`, registering into `store` (OSError if it cannot listen)."""
+def build_proxy(
+    config: Config, store: TaskStore, recorder: Recorder, intake: TaskIntake | None = None
+) -> ProxyServer:
+    """The proxy of `config.proxy`, registering into `store` (OSError if it cannot listen).
+
+    Beyond the cap on tracked tasks the answer still goes back to the caller;
+    its task is not tracked, and that is counted and logged.
+    """
 
     def register(tasks: list[DiscoveredTask]) -> None:
+        if intake is not None:
+            tasks = intake.admit(SOURCE, tasks).tasks
         added = store.add(tasks, time.time())
         if added:
             recorder.tasks_discovered(SOURCE, len(added))
@@ -38,4 +47,5 @@ def build_proxy(config: Config, store: TaskStore, recorder: Recorder) -> ProxySe
         timeout_seconds=settings.timeout_seconds,
         max_connections=settings.max_connections,
         max_create_body_bytes=settings.max_create_body_bytes,
+        max_body_bytes=settings.max_body_bytes,
     )

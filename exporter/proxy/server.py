@@ -12,6 +12,14 @@ answer (up to `MAX_ANSWER_BYTES`) is read whole before it is passed on, so the
 task it names is in the store before the caller hears of it. Registration
 problems are logged and counted; they never change the answer.
 
+It is a WSGI application behind the same hardened server as the web port
+(`exporter.web.httpserver`): that server parses and checks the framing of
+every request (a request whose length is ambiguous is refused with 400 and its
+connection closed, so nothing of it can reach the API as a second request),
+caps heads, bodies, threads and connections, and times out whole requests.
+Paths with dot segments are refused here, so nothing climbs out of the base
+URL's path upstream.
+
 It runs on its own port, apart from /metrics: it carries the application's
 traffic and its keys, so it can be exposed, firewalled and sized on its own,
 and every path (including `/` and `/metrics`) belongs to the API behind it.
@@ -21,10 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import requests
@@ -32,8 +38,9 @@ from urllib3.util import SKIP_HEADER
 
 from exporter.model import DiscoveredTask
 from exporter.proxy.register import NotATask, created_task, decode_body, request_model
+from exporter.upstream.paths import dot_segment_problem
 from exporter.upstream.session import upstream_session
-from exporter.web.server import parse_listen_address
+from exporter.web.httpserver import BodyTooLarge, HttpServer, ServerLimits, StartResponse
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +62,12 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect"})
 CHUNK_BYTES = 65536
 MAX_ANSWER_BYTES = 1 << 20  # a create answer larger than this passes through unregistered
-CLIENT_IDLE_SECONDS = 120.0
+CLIENT_IDLE_SECONDS = 60.0  # keep-alive wait, and each read or write of a client
+MIN_OPEN_CONNECTIONS = 256
 
 Register = Callable[[list[DiscoveredTask]], None]
 RegisterError = Callable[[str], None]
+Headers = list[tuple[str, str]]
 
 
 class _Body:
@@ -76,71 +85,81 @@ class _Body:
         if self._left <= 0:
             return b""
         size = self._left if size is None or size < 0 else min(size, self._left)
-        data: bytes = self._stream.read(size)
+        data: bytes = self._stream.read(min(size, CHUNK_BYTES))
         if not data:
             raise ConnectionError("client closed the connection mid-body")
         self._left -= len(data)
         return data
 
-    @property
-    def complete(self) -> bool:
-        return self._left <= 0
 
-
-def _dechunk(stream: Any) -> Iterator[bytes]:
-    """A chunked request body (RFC 9112 7.1) as its chunks; trailers are dropped."""
+def _chunked(stream: Any) -> Iterator[bytes]:
+    """A chunked request body, already de-chunked (strictly) by the server."""
     while True:
-        line = stream.readline(1024)
-        if not line.endswith(b"\n"):
-            raise ConnectionError("bad chunk size line")
-        size = int(line.split(b";", 1)[0].strip() or b"x", 16)
-        if size == 0:
-            while stream.readline(8192) not in (b"\r\n", b"\n", b""):
-                pass
+        data: bytes = stream.read(CHUNK_BYTES)
+        if not data:
             return
-        left = size
-        while left:
-            data = stream.read(min(left, CHUNK_BYTES))
-            if not data:
-                raise ConnectionError("client closed the connection mid-chunk")
-            left -= len(data)
-            yield data
-        stream.readline(8)
+        yield data
 
 
-def _connection_tokens(values: list[str]) -> set[str]:
+def _connection_tokens(values: Iterable[str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",")}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+def _request_headers(environ: dict[str, Any]) -> Headers:
+    """The caller's headers, less hop-by-hop ones and those the upstream leg sets itself."""
+    pairs: Headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:]
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key
+        else:
+            continue
+        pairs.append((name.replace("_", "-").title(), str(value)))
+    dropped = HOP_BY_HOP | _NOT_FORWARDED | _connection_tokens([environ.get("HTTP_CONNECTION", "")])
+    headers = [(name, value) for name, value in pairs if name.lower() not in dropped]
+    if "user-agent" not in {name.lower() for name, _ in headers}:
+        headers.append(("User-Agent", SKIP_HEADER))
+    return headers
 
-    def __init__(self, address: tuple[str, int], proxy: ProxyServer) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.proxy = proxy
-        super().__init__(address, _Handler)
+
+def _status_line(upstream: requests.Response) -> str:
+    code = upstream.status_code
+    reason = upstream.reason or ""
+    if not reason.isascii() or not reason.isprintable():
+        reason = ""
+    if not reason:
+        try:
+            reason = HTTPStatus(code).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{code} {reason}"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = CLIENT_IDLE_SECONDS
-    disable_nagle_algorithm = True  # headers and body go out as separate writes
-    server: _Server
+class _Answer:
+    """The upstream answer's body as the WSGI iterable; closing it releases the upstream leg."""
 
-    def do_GET(self) -> None:
-        self.server.proxy.forward(self)
+    def __init__(self, upstream: requests.Response, head: bytes, no_body: bool) -> None:
+        self._upstream = upstream
+        self._head = head
+        self._no_body = no_body
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+    def __iter__(self) -> Iterator[bytes]:
+        if self._no_body:
+            return
+        if self._head:
+            yield self._head
+        raw = self._upstream.raw
+        while True:
+            # An error here (the API cut the body) ends the answer and closes the
+            # connection, so the caller sees a short body, not a wrong one.
+            chunk = raw.read1(CHUNK_BYTES, decode_content=False)
+            if not chunk:
+                return
+            yield chunk
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The method and path only: a query may carry anything.
-        log.debug("proxy %s %s -> %s", self.command, self.path.split("?", 1)[0], code)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.debug("proxy: " + format, *args)
+    def close(self) -> None:
+        self._upstream.close()
 
 
 class ProxyServer:
@@ -158,6 +177,7 @@ class ProxyServer:
         timeout_seconds: float = 300.0,
         max_connections: int = 64,
         max_create_body_bytes: int = 1_048_576,
+        max_body_bytes: int = 64 * 1_048_576,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._register = register
@@ -167,113 +187,103 @@ class ProxyServer:
         self._max_create_body = max_create_body_bytes
         self._session = upstream_session(max_connections)
         self._session.headers.clear()  # only what the caller sent
-        host, port = parse_listen_address(listen_address)
-        self._server = _Server((host, port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="proxy", daemon=True
+        # One worker thread per upstream connection: a request holds both.
+        self.limits = ServerLimits(
+            threads=max_connections,
+            max_connections=max(MIN_OPEN_CONNECTIONS, 4 * max_connections),
+            body_bytes=max_body_bytes,
+            body_seconds=timeout_seconds,
+            idle_seconds=CLIENT_IDLE_SECONDS,
         )
+        self._server = HttpServer(self, listen_address, limits=self.limits, name="proxy")
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         self._session.close()
 
     # ---- one request ----------------------------------------------------------
 
-    def forward(self, handler: _Handler) -> None:
-        path = handler.path
-        if not path.startswith("/"):
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        target = str(environ.get("REQUEST_URI", ""))
+        path = target.split("?", 1)[0]
+        if not target.startswith("/"):
             # Absolute-form targets would name another host: only the API base is served.
-            self._error(handler, 400, "only paths on the API are proxied", "invalid_request")
-            return
-        incoming = handler.headers
-        dropped = (
-            HOP_BY_HOP | _NOT_FORWARDED | _connection_tokens(incoming.get_all("Connection", []))
-        )
-        headers: list[tuple[str, str]] = [
-            (name, value) for name, value in incoming.items() if name.lower() not in dropped
-        ]
-        if "user-agent" not in {name.lower() for name, _ in headers}:
-            headers.append(("User-Agent", SKIP_HEADER))
-        is_create = (
-            handler.command == "POST"
-            and (path.split("?", 1)[0].rstrip("/") or "/") in self._create_paths
-        )
+            return _error(
+                start_response, 400, "only paths on the API are proxied", "invalid_request"
+            )
+        problem = dot_segment_problem(path)
+        if problem is not None:
+            return _error(start_response, 400, f"the path {problem}", "invalid_path")
+        is_create = method == "POST" and (path.rstrip("/") or "/") in self._create_paths
+        stream = environ["wsgi.input"]
         try:
-            body, body_bytes = self._request_body(handler, is_create)
-        except ValueError:
-            self._error(handler, 400, "bad Content-Length or Transfer-Encoding", "invalid_request")
-            return
-        try:
+            body, body_bytes = self._request_body(environ, stream, is_create)
             upstream = self._session.request(
-                handler.command,
-                self.base_url + path,
-                headers=_HeaderList(headers),
+                method,
+                self.base_url + target,
+                headers=_HeaderList(_request_headers(environ)),
                 data=body,
                 stream=True,
                 allow_redirects=False,
                 timeout=self._timeout,
             )
-        except requests.Timeout:
-            handler.close_connection = True
-            self._error(handler, 504, "the API did not answer in time", "upstream_timeout")
-            return
-        except (requests.RequestException, ConnectionError, OSError) as exc:
-            handler.close_connection = True
+        except Exception as exc:
+            if getattr(stream, "broken", False) or isinstance(exc, ValueError):
+                # The server closes the connection: the rest of the body is not ours to parse.
+                if isinstance(exc, BodyTooLarge):
+                    return _error(start_response, 413, str(exc), "body_too_large")
+                return _error(
+                    start_response, 400, "the request body could not be read", "invalid_request"
+                )
+            if isinstance(exc, requests.Timeout):
+                return _error(
+                    start_response, 504, "the API did not answer in time", "upstream_timeout"
+                )
+            if not isinstance(exc, requests.RequestException | OSError):
+                raise
             log.warning(
-                "proxy: %s %s: upstream request failed: %s",
-                handler.command,
-                path.split("?", 1)[0],
-                type(exc).__name__,
+                "proxy: %s %s: upstream request failed: %s", method, path, type(exc).__name__
             )
-            self._error(handler, 502, "the API could not be reached", "upstream_unreachable")
-            return
-        if isinstance(body, _Body) and not body.complete:
-            handler.close_connection = True  # the rest of the body is still on the socket
+            return _error(
+                start_response, 502, "the API could not be reached", "upstream_unreachable"
+            )
+        log.debug("proxy %s %s -> %s", method, path, upstream.status_code)
         try:
+            head = b""
             if is_create and 200 <= upstream.status_code < 300:
-                self._answer_create(handler, upstream, request_model(body_bytes))
-            else:
-                self._answer(handler, upstream, b"")
-        except Exception as exc:  # the caller went away, or the API mid-body
-            log.debug("proxy: answer cut short: %s", type(exc).__name__)
-            handler.close_connection = True
-        finally:
+                head = self._read_create_answer(upstream, request_model(body_bytes))
+            return self._answer(method, upstream, head, start_response)
+        except BaseException:
             upstream.close()
+            raise
 
     def _request_body(
-        self, handler: _Handler, is_create: bool
+        self, environ: dict[str, Any], stream: Any, is_create: bool
     ) -> tuple[bytes | _Body | Iterator[bytes] | None, bytes | None]:
         """(what to send upstream, the body's bytes if it was read whole)."""
-        encoding = handler.headers.get("Transfer-Encoding", "").strip().lower()
-        if encoding:
-            if encoding != "chunked":
-                raise ValueError(encoding)
-            handler.close_connection = True  # framing of what follows is ours to trust
-            return _dechunk(handler.rfile), None
-        length_text = handler.headers.get("Content-Length")
-        if length_text is None:
+        if environ.get("wsgi.input_terminated"):  # chunked: the server checked its framing
+            return _chunked(stream), None
+        length_text = environ.get("CONTENT_LENGTH")
+        if not length_text:
             return None, None
-        if not length_text.strip().isdigit():
-            raise ValueError(length_text)
-        length = int(length_text)
+        length = int(length_text)  # digits only: the server refuses anything else
         if is_create and length <= self._max_create_body:
-            data = handler.rfile.read(length)
+            data: bytes = stream.read(length)
             if len(data) != length:
                 raise ValueError("short body")
             return data, data
-        return _Body(handler.rfile, length), None
+        return _Body(stream, length), None
 
-    def _answer_create(
-        self, handler: _Handler, upstream: requests.Response, model: str | None
-    ) -> None:
+    def _read_create_answer(self, upstream: requests.Response, model: str | None) -> bytes:
+        """The start of a create answer, read to register the task it names."""
         raw = upstream.raw
         head = b""
         while len(head) <= MAX_ANSWER_BYTES:
@@ -285,7 +295,7 @@ class ProxyServer:
             self._register_error("create answer too large to read; its task is not registered")
         else:
             self._register_from(upstream, head, model)
-        self._answer(handler, upstream, head)
+        return head
 
     def _register_from(self, upstream: requests.Response, body: bytes, model: str | None) -> None:
         try:
@@ -304,62 +314,38 @@ class ProxyServer:
             log.error("proxy: cannot register task %s: %s", task.task_id, type(exc).__name__)
             self._register_error(f"cannot register task {task.task_id}")
 
-    def _answer(self, handler: _Handler, upstream: requests.Response, head: bytes) -> None:
-        """Status line, headers, then `head` (already read) and the rest of the body."""
+    @staticmethod
+    def _answer(
+        method: str, upstream: requests.Response, head: bytes, start_response: StartResponse
+    ) -> _Answer:
+        """Status line and headers; the body (`head`, already read, then the rest) streams."""
         raw_headers = upstream.raw.headers
         dropped = HOP_BY_HOP | _connection_tokens(raw_headers.getlist("Connection"))
-        handler.log_request(upstream.status_code)
-        handler.send_response_only(upstream.status_code, upstream.reason)
-        for name, value in raw_headers.items():
-            if name.lower() not in dropped:
-                handler.send_header(name, value)
-        no_body = (
-            handler.command == "HEAD"
-            or upstream.status_code in (204, 304)
-            or 100 <= upstream.status_code < 200
-        )
-        length = raw_headers.get("Content-Length")
-        chunked = False
-        if not no_body and length is None:
-            if handler.request_version == "HTTP/1.1":
-                handler.send_header("Transfer-Encoding", "chunked")
-                chunked = True
-            else:
-                handler.close_connection = True  # the body ends when the connection does
-        if handler.close_connection:
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        if no_body:
-            handler.wfile.flush()
-            return
-        out = handler.wfile
-        for chunk in _chunks(upstream, head):
-            out.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-            out.flush()
-        if chunked:
-            out.write(b"0\r\n\r\n")
-            out.flush()
+        headers = [
+            (name, value) for name, value in raw_headers.items() if name.lower() not in dropped
+        ]
+        code = upstream.status_code
+        no_body = method == "HEAD" or code in (204, 304) or 100 <= code < 200
+        # Without a Content-Length the server frames the answer itself (chunked,
+        # or by closing the connection for HTTP/1.0 callers).
+        start_response(_status_line(upstream), headers)
+        return _Answer(upstream, head, no_body)
 
-    @staticmethod
-    def _error(handler: _Handler, status: int, message: str, code: str) -> None:
-        body = json.dumps(
-            {"error": {"message": message, "type": "proxy_error", "code": code}}
-        ).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        if handler.close_connection:
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.wfile.write(body)
-        handler.wfile.flush()
+
+def _error(start_response: StartResponse, status: int, message: str, code: str) -> list[bytes]:
+    body = json.dumps({"error": {"message": message, "type": "proxy_error", "code": code}}).encode()
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
 
 
 class _HeaderList(dict[str, str]):
     """Headers for `requests` that keep repeated names (sent as one, joined as RFC 9110
     says: with commas; cookies with semicolons)."""
 
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, pairs: Headers) -> None:
         merged: dict[str, str] = {}
         names: dict[str, str] = {}
         for name, value in pairs:
@@ -370,14 +356,3 @@ class _HeaderList(dict[str, str]):
                 merged[key] = value
                 names[key] = name
         super().__init__({names[key]: value for key, value in merged.items()})
-
-
-def _chunks(upstream: requests.Response, head: bytes) -> Iterator[bytes]:
-    if head:
-        yield head
-    raw = upstream.raw
-    while True:
-        chunk = raw.read1(CHUNK_BYTES, decode_content=False)
-        if not chunk:
-            return
-        yield chunk

@@ -23,6 +23,7 @@ from exporter import __version__
 from exporter.config import check_poll_path
 from exporter.model import OutcomeKind, PollOutcome, RateLimitInfo
 from exporter.upstream.parse import InvalidResponse, parse_error_code, parse_status_body
+from exporter.upstream.paths import check_no_dot_segments
 from exporter.upstream.session import upstream_session
 
 NOT_FOUND_CODE = "async_task_not_found"
@@ -73,6 +74,7 @@ class UpstreamClient:
         parts, base = urlsplit(url), urlsplit(self.base_url)
         if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
             raise ValueError("the poll URL leaves api.base_url")
+        check_no_dot_segments(parts.path)  # the last check before the key is sent
         return url
 
     def fetch_status(self, task_id: str, poll_url: str | None = None) -> PollOutcome:
@@ -89,7 +91,9 @@ class UpstreamClient:
                 allow_redirects=False,
                 stream=True,
             )
-        except requests.Timeout:
+        except requests.ConnectTimeout:  # no connection at all: the API is not reachable
+            return _failure(OutcomeKind.CONNECTION, started, "connect timed out")
+        except requests.Timeout:  # connected, but no answer in time
             return _failure(OutcomeKind.TIMEOUT, started, "request timed out")
         except requests.RequestException as exc:
             return _failure(OutcomeKind.CONNECTION, started, _describe(exc))

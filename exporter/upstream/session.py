@@ -19,7 +19,11 @@ def upstream_session(max_connections: int) -> requests.Session:
         pool_connections=1,
         pool_maxsize=max_connections,
         pool_block=True,
-        max_retries=Retry(total=0, redirect=0, raise_on_redirect=False, raise_on_status=False),
+        # read=False: a read timeout comes out as requests.ReadTimeout, not wrapped in
+        # a "max retries" ConnectionError, so it is counted as a timeout.
+        max_retries=Retry(
+            total=0, read=False, redirect=0, raise_on_redirect=False, raise_on_status=False
+        ),
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)

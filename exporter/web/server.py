@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import html
 import logging
-import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
+from exporter.upstream.paths import dot_segment_problem
+from exporter.web.httpserver import HttpServer, ServerLimits, parse_listen_address
 
 log = logging.getLogger(__name__)
+
+__all__ = ["HealthView", "ServerLimits", "WebServer", "build_app", "parse_listen_address"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -53,6 +53,9 @@ def build_app(
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if dot_segment_problem(environ.get("REQUEST_URI", path)):
+            # Decoded, `/api/../status` would reach one app through another's prefix.
+            return _plain(start_response, False, "bad path", status="400 Bad Request")
         for prefix, mounted in prefixes:
             if path.startswith(prefix):
                 return mounted(environ, start_response)
@@ -108,66 +111,14 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
     return [body]
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    tls: ssl.SSLContext | None = None
-    tls_handshake_timeout = 10.0
+class WebServer(HttpServer):
+    """The exporter's own port: /metrics, health, the landing page and the task API."""
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Runs in the connection's own thread: the TLS handshake happens here, so a
-        slow or silent client cannot hold up the accept loop."""
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(self.tls_handshake_timeout)
-        try:
-            tls_socket = self.tls.wrap_socket(request, server_side=True)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-            return
-        try:
-            super().finish_request(tls_socket, client_address)
-        finally:
-            tls_socket.close()
-
-
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 60  # seconds a silent client may hold a connection (and its thread)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """`host:port`, `:port` or `[::1]:port` -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--web.listen-address {address!r}: expected host:port, e.g. :9847")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-class WebServer:
-    def __init__(self, app: WSGIApp, address: str, tls: ssl.SSLContext | None = None) -> None:
-        host, port = parse_listen_address(address)
-        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-        self._server = make_server(
-            host, port, app, server_class=server_class, handler_class=_QuietHandler
-        )
-        self._server.tls = tls  # handshakes happen per connection, in finish_request
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def __init__(
+        self,
+        app: WSGIApp,
+        address: str,
+        tls: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        super().__init__(app, address, tls=tls, limits=limits, name="web")

@@ -327,9 +327,9 @@ def test_a_stalled_handshake_does_not_block_other_clients(serve: Any, pki: dict[
 
 
 def handshake_timeout() -> float:
-    from exporter.web.server import _ThreadingWSGIServer
+    from exporter.web.httpserver import ServerLimits
 
-    return _ThreadingWSGIServer.tls_handshake_timeout
+    return ServerLimits().head_seconds
 
 
 # ---- through the command line ----------------------------------------------------

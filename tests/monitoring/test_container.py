@@ -46,7 +46,7 @@ def test_dockerfile_essentials() -> None:
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
     lines = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    for needed in ("pyproject.toml", "README.md", "exporter/"):
+    for needed in ("pyproject.toml", "README.md", "constraints.txt", "exporter/"):
         assert f"!{needed}" in lines
 
 

@@ -97,7 +97,9 @@ def test_network_errors_do_not_raise_or_leak_the_key(client: UpstreamClient) -> 
 
 
 def test_task_id_is_quoted_into_the_path(client: UpstreamClient) -> None:
-    assert client.status_url("a/../b", None) == f"{BASE}/v1/images/generations/a%2F..%2Fb"
+    assert client.status_url("a:b c", None) == f"{BASE}/v1/images/generations/a%3Ab%20c"
+    with pytest.raises(ValueError, match="segments"):  # %2F..%2F decodes to /../
+        client.status_url("a/../b", None)
 
 
 def test_header_parsing() -> None:

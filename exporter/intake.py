@@ -1,0 +1,105 @@
+"""The cap on tracked tasks: which newly offered tasks the store takes.
+
+Every way in (discovery sources, the task API, the proxy) asks `admit` before
+it adds tasks, so nobody, with or without credentials, can grow the store (and
+every poll cycle's work) without bound. Only unfinished tasks count: finished
+ones are pruned after `store.retention_seconds`. The count comes from the
+store's status counts, so replicas sharing a Redis store share the cap; two
+registrations racing near the cap may overshoot it by one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from exporter.model import ACTIVE_STATUSES, DiscoveredTask
+from exporter.store.base import TaskStore
+
+log = logging.getLogger(__name__)
+LIMIT_SETTING = "store.max_tracked_tasks"
+REASONS = ("limit", "invalid")
+LOG_INTERVAL_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What may be added (new tasks within the cap, and known ones) and how many
+    new ones were turned away."""
+
+    tasks: list[DiscoveredTask]
+    rejected: int
+
+
+class TaskIntake:
+    def __init__(self, store: TaskStore, registry: CollectorRegistry, limit: int) -> None:
+        self._store = store
+        self.limit = limit
+        Gauge(
+            "lemondata_tracked_tasks_limit",
+            f"The most unfinished tasks the store tracks ({LIMIT_SETTING}); "
+            "new ones beyond it are rejected.",
+            registry=registry,
+        ).set(limit)
+        self._rejected = Counter(
+            "lemondata_tasks_rejected_total",
+            "Tasks offered by a source but not tracked, by source and reason "
+            "(limit: the store was full; invalid: the task was malformed).",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self._last_log: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def tracked(self) -> int:
+        counts = self._store.count_by_status()
+        return sum(counts.get(status, 0) for status in ACTIVE_STATUSES)
+
+    def admit(self, source: str, tasks: Sequence[DiscoveredTask]) -> Admission:
+        """The tasks that fit under the cap, whole batches first: a batch with too
+        little room has its new tasks taken in order until the store is full."""
+        if not tasks:
+            return Admission([], 0)
+        room = self.limit - self.tracked()
+        if room >= len(tasks):
+            return Admission(list(tasks), 0)
+        known = [task for task in tasks if self._store.get(task.task_id) is not None]
+        known_ids = {task.task_id for task in known}
+        new = [task for task in tasks if task.task_id not in known_ids]
+        taken = new[: max(0, room)]
+        rejected = len(new) - len(taken)
+        if rejected:
+            self.reject(source, "limit", rejected)
+        return Admission(known + taken, rejected)
+
+    def would_reject(self, tasks: Sequence[DiscoveredTask]) -> int:
+        """How many of `tasks` are new and would not fit (nothing is counted)."""
+        room = self.limit - self.tracked()
+        if room >= len(tasks):
+            return 0
+        new = [task for task in tasks if self._store.get(task.task_id) is None]
+        return max(0, len(new) - max(0, room))
+
+    def reject(self, source: str, reason: str, count: int = 1) -> None:
+        """Count `count` tasks turned away; log once per interval and source."""
+        self._rejected.labels(source, reason).inc(count)
+        if reason != "limit":
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_log.get(source, -LOG_INTERVAL_SECONDS) < LOG_INTERVAL_SECONDS:
+                return
+            self._last_log[source] = now
+        log.warning(
+            "%s: %d task(s) not tracked: %d unfinished tasks is the limit (%s); "
+            "lemondata_tasks_rejected_total counts every one",
+            source,
+            count,
+            self.limit,
+            LIMIT_SETTING,
+        )
