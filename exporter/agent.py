@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -134,6 +135,7 @@ class Agent:
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
+        self.task_api_on = False  # set by serve() when a token turns the task API on
         self._scheduler = build_scheduler(
             [
                 ("discovery", self.discover, config.discovery.interval_seconds),
@@ -189,12 +191,35 @@ class Agent:
         return {status.value: counts.get(status, 0) for status in Status}
 
     def hint(self) -> str:
-        if self.tracked():
+        """Why task metrics do not move, when the store holds no task at all.
+
+        Text with `code` in backticks (the landing page renders it as <code>). No
+        hint once any task is known: finished tasks mean discovery works.
+        """
+        if any(self.store.count_by_status().values()):
             return ""
+        config = self.config
+        sources = []
+        for source in config.discovery.files:
+            missing = "" if source.path.exists() else " (it does not exist yet)"
+            sources.append(f"the file `{source.path}`{missing}")
+        if config.discovery.redis_stream is not None:
+            sources.append(f"the Redis stream `{config.discovery.redis_stream.stream}`")
+        if config.proxy.enabled:
+            sources.append(f"create calls through the proxy on `{config.proxy.listen_address}`")
+        if self.task_api_on:
+            sources.append("the task API (`lemondata-exporter track ID` or POST /api/v1/tasks)")
+        if sources:
+            listed = ", ".join(sources[:-1]) + (" and " if len(sources) > 1 else "") + sources[-1]
+            return (
+                "No tasks are tracked yet, so task metrics will not move. Tasks come from "
+                f"{listed}; they show here once your application adds some."
+            )
         return (
-            "No unfinished tasks are tracked, so task metrics will not move. List task IDs in "
-            "the config's `tasks`, append them to a file named in `discovery.files`, or "
-            "register them with `lemondata-exporter track` (POST /api/v1/tasks)."
+            "No tasks are tracked, and nothing is configured to add any. List task IDs in "
+            "the config's `tasks`, name a file your application appends to in "
+            "`discovery.files`, set `$LEMONDATA_EXPORTER_TOKEN` to turn on the task API "
+            "(`lemondata-exporter track ID`), or set `proxy.enabled: true`."
         )
 
     def _log_if_idle(self) -> None:
@@ -235,6 +260,15 @@ class Agent:
         self.store.close()
 
 
+def bind_failure(exc: OSError) -> str:
+    """Why a port could not be opened, e.g. "Address already in use" (the HTTP server
+    wraps the socket's error in a message of its own)."""
+    if exc.strerror:
+        return exc.strerror
+    found = re.search(r"\[Errno \d+\] ([^)]+)", str(exc))
+    return found.group(1) if found else str(exc)
+
+
 def serve(
     config: Config,
     api_key: SecretStr,
@@ -250,6 +284,7 @@ def serve(
     stop = stop or threading.Event()
     apis = WebApis.from_config(config)  # an unusable API token stops the start (ValueError)
     agent = Agent(config, api_key, config_source)
+    agent.task_api_on = apis.token is not None
     if apis.token is not None:
         agent.recorder.add_sources([API_SOURCE])
         agent.intake.add_sources([API_SOURCE])
@@ -261,7 +296,11 @@ def serve(
         web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
-        log.error("cannot listen on %s: %s", listen_address, exc.strerror)
+        log.error(
+            "cannot listen on %s: %s; choose another address with --web.listen-address",
+            listen_address,
+            bind_failure(exc),
+        )
         return 1
     try:
         proxy = (
@@ -271,7 +310,11 @@ def serve(
         )
     except OSError as exc:
         agent.store.close()
-        log.error("proxy: cannot listen on %s: %s", config.proxy.listen_address, exc.strerror)
+        log.error(
+            "proxy: cannot listen on %s: %s; choose another address in proxy.listen_address",
+            config.proxy.listen_address,
+            bind_failure(exc),
+        )
         return 1
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set())

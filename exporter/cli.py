@@ -1,4 +1,8 @@
-"""Command line: `lemondata-exporter [run|simulate|demo|check-config]`."""
+"""Command line: `lemondata-exporter [run|check-config|demo|simulate|track]`.
+
+Every flag is checked by argparse before anything starts (listen addresses
+included), and every subcommand takes the same `--log.level` and `--log.format`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from exporter import __version__
 from exporter.config import (
@@ -16,10 +20,12 @@ from exporter.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_LISTEN_ADDRESS,
     ConfigError,
-    load_config,
+    check_config_file,
+    listen_address_problem,
     read_api_key,
+    world_readable,
 )
-from exporter.logsetup import add_secret, redact, setup_logging
+from exporter.logsetup import add_log_flags, add_secret, redact, setup_logging
 from exporter.store.sqlite import StoreError
 
 COMMANDS = ("run", "simulate", "demo", "check-config", "track")
@@ -72,50 +78,112 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the exporter (the default command)")
+    run = _command(
+        commands,
+        "run",
+        "run the exporter (the default command)",
+        "Poll the tasks named by the config file and serve their metrics on /metrics. "
+        f"The API key comes from ${API_KEY_ENV} or api.key_file.",
+    )
     _config_flag(run)
-    run.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=DEFAULT_LISTEN_ADDRESS,
-        help="host:port to serve on (default %(default)s)",
-    )
-    run.add_argument(
-        "--log.level",
-        dest="log_level",
-        default=None,
-        choices=["debug", "info", "warning", "error"],
-        help="overrides log_level from the config",
-    )
+    add_listen_flag(run, DEFAULT_LISTEN_ADDRESS, "host:port to serve on (default %(default)s)")
     _web_config_flag(run)
+    add_log_flags(run, level_default=None, level_help="default: log_level in the config")
     run.set_defaults(handler=_run)
 
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = _command(
+        commands,
+        "check-config",
+        "check a config file and exit",
+        "Check a config file and everything it names (key and token files, the store's "
+        "path, watched files, Redis), print every problem at once as FILE: FIELD: problem, "
+        "and summarise what `run` would start. Exit 0 when `run` could start, 1 otherwise.",
+    )
     _config_flag(check)
+    add_listen_flag(check, DEFAULT_LISTEN_ADDRESS, "the address `run` would serve on")
     _web_config_flag(check)
-    check.set_defaults(handler=_check_config)
+    add_log_flags(check)
+    check.set_defaults(handler=_with_logging(_check_config))
 
-    demo = commands.add_parser(
-        "demo", help="the simulator, a stream of new tasks and the exporter, with no API key"
+    demo = _command(
+        commands,
+        "demo",
+        "the simulator, a stream of new tasks and the exporter, with no API key",
+        "Start a simulator of the API, create tasks on it the way an application would, "
+        "and run the exporter on them: live metrics within a minute, no API key needed.",
     )
     from exporter import demo as demo_module
 
     demo_module.add_arguments(demo)
     _web_config_flag(demo)
+    add_log_flags(demo)
     demo.set_defaults(handler=demo_module.run)
 
-    simulate = commands.add_parser("simulate", help="serve a simulator of the upstream API")
     import exporter.simulator.cli as simulator_cli
 
+    simulate = _command(
+        commands,
+        "simulate",
+        "serve a simulator of the upstream API",
+        simulator_cli.DESCRIPTION,
+    )
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(handler=simulator_cli.run)
 
-    track = commands.add_parser("track", help="register tasks with a running exporter's API")
     from exporter import track as track_module
 
+    track = _command(
+        commands,
+        "track",
+        "register tasks with a running exporter's API",
+        "Register task IDs with a running exporter over its task API (/api/v1/tasks); "
+        "needs the exporter's token.",
+    )
     track_module.add_arguments(track)
-    track.set_defaults(handler=track_module.run)
+    add_log_flags(track)
+    track.set_defaults(handler=_with_logging(track_module.run))
     return parser
+
+
+def _with_logging(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    def with_logging(args: argparse.Namespace) -> int:
+        setup_logging(args.log_level, args.log_format)
+        return handler(args)
+
+    return with_logging
+
+
+def _command(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description
+    )
+    return parser
+
+
+def listen_address(text: str) -> str:
+    """argparse type for --web.listen-address: refused before anything starts."""
+    problem = listen_address_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)  # without the text: it may be a secret
+    return text
+
+
+def add_listen_flag(parser: argparse.ArgumentParser, default: str, help_text: str) -> None:
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        type=listen_address,
+        default=default,
+        metavar="HOST:PORT",
+        help=help_text,
+    )
 
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:
@@ -138,60 +206,65 @@ def _web_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from exporter.api.auth import TokenError, read_token
-    from exporter.web.security import load_web_security
+    from exporter.config_check import check_everything
 
-    try:
-        config = load_config(args.config_file)
-        read_api_key(config)
-        read_token(config)  # the task API's token, when one is set
-        load_web_security(args.web_config_file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    result = check_everything(args.config_file, args.web_config_file, args.listen_address)
+    for line in result.problems + result.warnings:
+        print(line, file=sys.stderr)
+    if result.problems:
         return 1
-    except TokenError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    print(
-        f"{args.config_file}: OK ({len(config.tasks)} static task(s), "
-        f"{len(config.discovery.files)} watched file(s))"
-    )
+    warned = f", {len(result.warnings)} warning(s)" if result.warnings else ""
+    print(f"{args.config_file}: OK{warned}")
+    for line in result.summary:
+        print(f"  {line}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from exporter.agent import serve
+    from exporter.api.auth import TokenError, read_token
     from exporter.web.security import load_web_security
 
+    source = str(args.config_file)
+    report = check_config_file(source)
     try:
-        config = load_config(args.config_file)
-        api_key = read_api_key(config)
+        if report.config is None:
+            raise ConfigError(report.problems)
+        config = report.config
+        api_key = read_api_key(config, source=source)
+        read_token(config)  # an unusable token stops the start here, before any logging
         web_security = load_web_security(args.web_config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.log_level)
+    except TokenError as exc:
+        print(f"{source}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.log_level, args.log_format)
+    log = logging.getLogger("exporter")
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    for field_name, path in (
+        ("api.key_file", config.api.key_file),
+        ("api_server.token_file", config.api_server.token_file),
+    ):
+        loose = world_readable(path) if path is not None else None
+        if loose:
+            log.warning("%s: %s: %s", source, field_name, loose)
     if api_key is None:
         print(
-            f"no API key: set ${API_KEY_ENV} or api.key_file in {args.config_file}. "
+            f"no API key: set ${API_KEY_ENV} or api.key_file in {source}. "
             "To try the exporter without a key, run `lemondata-exporter demo`.",
             file=sys.stderr,
         )
         return 2
     add_secret(api_key.get_secret_value())
     try:
-        return serve(
-            config,
-            api_key,
-            args.listen_address,
-            str(args.config_file),
-            web_security=web_security,
-        )
+        return serve(config, api_key, args.listen_address, source, web_security=web_security)
     except StoreError as exc:
         print(redact(str(exc)), file=sys.stderr)
         return 1
-    except ValueError as exc:  # a malformed --web.listen-address
+    except ValueError as exc:  # e.g. an unusable task API token
         print(redact(str(exc)), file=sys.stderr)
         return 2

@@ -7,10 +7,17 @@ reported instead of silently ignored. `load_config` turns every problem into a
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import stat
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as default_factory
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -20,10 +27,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from exporter.model import valid_task_id
 from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
@@ -102,6 +111,20 @@ def check_poll_path(value: str | None) -> str | None:
     if any(ord(c) < 0x21 or c in "\\#" for c in value) or len(value) > 512:
         raise ValueError("contains characters not allowed in a poll path")
     return check_no_dot_segments(value)
+
+
+def listen_address_problem(address: str, example_port: int = 9847) -> str | None:
+    """Why `address` is not `host:port`, `:port` or `[v6-host]:port`; None when it is."""
+    # The address is never echoed: a secret pasted into the wrong flag stays unprinted.
+    if address.strip().isdigit():
+        port = address.strip()
+        return f"a bare port number; write :{port} (every interface) or 127.0.0.1:{port}"
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"expected host:port such as :{example_port} or 127.0.0.1:{example_port}"
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return f"an IPv6 host goes in brackets, e.g. [::1]:{example_port}"
+    return None
 
 
 class ApiConfig(_Section):
@@ -351,6 +374,14 @@ class ProxyConfig(_Section):
     # Any request body larger than this is refused with 413 (the connection closes).
     max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024)
 
+    @field_validator("listen_address")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        problem = listen_address_problem(value, 9849)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("create_paths")
     @classmethod
     def _paths(cls, value: list[str]) -> list[str]:
@@ -371,16 +402,6 @@ class ApiServerConfig(_Section):
     # behind basic auth either way.
     status_page_auth: Literal["none", "token"] = "none"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_token_in_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "token" in data:
-            raise ValueError(
-                "api_server.token: the token must not be written in the config file; "
-                "set $LEMONDATA_EXPORTER_TOKEN or api_server.token_file"
-            )
-        return data
-
 
 class Config(_Section):
     api: ApiConfig = ApiConfig()
@@ -392,19 +413,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     api_server: ApiServerConfig = ApiServerConfig()
     proxy: ProxyConfig = ProxyConfig()
-    log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_key_in_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("api"), dict):
-            for field in ("key", "api_key", "token"):
-                if field in data["api"]:
-                    raise ValueError(
-                        f"api.{field}: the API key must not be written in the config file; "
-                        f"set ${API_KEY_ENV} or api.key_file"
-                    )
-        return data
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
     def _one_class_per_reason(self) -> Config:
@@ -417,69 +426,357 @@ class Config(_Section):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _stream_has_redis(self) -> Config:
-        stream = self.discovery.redis_stream
-        if stream is not None and not (stream.redis_url or self.store.redis_url):
-            raise ValueError("discovery.redis_stream: needs redis_url, here or in store.redis_url")
-        return self
-
 
 def _field_path(location: tuple[int | str, ...]) -> str:
+    """("api", "timeout_seconds") -> "api.timeout_seconds"; () -> "" (the whole file)."""
     path = ""
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
+    return path
+
+
+def problem_line(source: str, field: str, message: str) -> str:
+    """The one format of every problem: `FILE: FIELD: problem` (FIELD empty: the whole file)."""
+    return f"{source}: {field}: {message}" if field else f"{source}: {message}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem with the configuration, or a warning (`run` would still start)."""
+
+    field: str
+    message: str
+    warning: bool = False
+
+    def line(self, source: str) -> str:
+        return problem_line(
+            source, self.field, ("warning: " if self.warning else "") + self.message
+        )
+
+
+# ---- validation errors phrased for a person -----------------------------------------
+
+# Settings that hold a secret are never written in the file; what to do instead.
+_SECRET_SETTINGS = {
+    "api_key": f"the API key must not be written in the config file; set ${API_KEY_ENV} "
+    "or api.key_file",
+    "token": "the token must not be written in the config file; "
+    "set $LEMONDATA_EXPORTER_TOKEN or api_server.token_file",
+}
+_SECRET_NAMES = {
+    ("api", "key"): "api_key",
+    ("api", "api_key"): "api_key",
+    ("api", "token"): "api_key",
+    ("", "api_key"): "api_key",
+    ("", "key"): "api_key",
+    ("api_server", "token"): "token",
+    ("", "token"): "token",
+}
+_UNIT_SUFFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds|m|min|h)\s*$", re.I)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside `X`, `X | None`, `list[X]` or `Annotated[X, ...]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, list, Annotated):
+        for argument in typing.get_args(annotation):
+            found = _section_model(argument)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(root: type[BaseModel], location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
+    for part in location:
+        if isinstance(part, int):
+            continue  # an item of a list: same model
+        if model is None or part not in model.model_fields:
+            return None
+        model = _section_model(model.model_fields[part].annotation)
+    return model
+
+
+def _unknown_setting(root: type[BaseModel], location: tuple[int | str, ...]) -> str:
+    parent, name = location[:-1], str(location[-1])
+    section = str(parent[0]) if parent else ""
+    secret = _SECRET_NAMES.get((section if len(parent) == 1 else "", name))
+    if secret is not None and len(parent) <= 1:
+        return _SECRET_SETTINGS[secret]
+    model = _model_at(root, parent)
+    known = list(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown setting; did you mean `{close[0]}`?"
+    # A setting put in the wrong section: say where it belongs.
+    for other, info in root.model_fields.items():
+        sub = _section_model(info.annotation)
+        if sub is not None and other != section and name in sub.model_fields:
+            return f"unknown setting here; did you mean `{other}.{name}`?"
+    if known:
+        return f"unknown setting; the settings here are {', '.join(known)}"
+    return "unknown setting"
+
+
+def _error_message(root: type[BaseModel], error: ErrorDetails) -> str:
+    """pydantic's message, with a hint for the usual slips. The input is echoed only for
+    the slips below, never for a secret."""
+    kind, location, value = error["type"], error["loc"], error.get("input")
+    name = str(location[-1]) if location else ""
+    if kind == "extra_forbidden":
+        return _unknown_setting(root, location)
+    if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        if name.endswith("listen_address") and isinstance(value, int):
+            return f'must be text such as ":{value}" (a bare port number is read as a number)'
+        return "must be text; put the value in quotes"
+    if kind in ("float_parsing", "int_parsing") and isinstance(value, str):
+        unit = _UNIT_SUFFIX.match(value)
+        if unit and name.endswith("_seconds"):
+            return f"must be a number of seconds without a unit (e.g. {unit.group(1)})"
+    if kind == "model_type" and not isinstance(value, dict):
+        container = str(location[-2]) if len(location) > 1 else ""
+        example = {"tasks": "{id: img_abc}", "files": "{path: tasks.jsonl}"}.get(container)
+        return "must be a mapping of settings (key: value)" + (
+            f", such as {example}" if example else ""
+        )
+    return error["msg"].removeprefix("Value error, ")
+
+
+def validation_problems(exc: ValidationError, root: type[BaseModel], source: str) -> list[str]:
+    """One `FILE: FIELD: problem` line per error in `exc` (validating `root`)."""
+    return [
+        problem_line(source, _field_path(error["loc"]), _error_message(root, error))
+        for error in exc.errors(include_url=False, include_context=False)
+    ]
+
+
+def yaml_problem(exc: yaml.YAMLError, source: str) -> str:
+    """The parser's own reason and position, e.g. a tab in the indentation."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    reason = ""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [part for part in (exc.problem, exc.context) if part]
+        reason = ": " + ", ".join(parts) if parts else ""
+        if exc.problem and "'\\t'" in exc.problem:
+            reason += " (indent with spaces; YAML does not allow tabs there)"
+    return f"{source}: not valid YAML{where}{reason}"
+
+
+# ---- settings that contradict each other ---------------------------------------------
+
+
+def contradictions(sections: Mapping[str, Any]) -> list[Finding]:
+    """Cross-field checks over the sections that are valid on their own."""
+    found: list[Finding] = []
+    polling = sections.get("polling")
+    if isinstance(polling, PollingConfig):
+        if polling.max_wait_seconds < polling.task_interval_seconds:
+            found.append(
+                Finding(
+                    "polling.max_wait_seconds",
+                    f"{polling.max_wait_seconds:g} is below polling.task_interval_seconds "
+                    f"({polling.task_interval_seconds:g}): tasks would time out before their "
+                    "second poll; raise max_wait_seconds or lower task_interval_seconds",
+                )
+            )
+        if polling.backoff_base_seconds > polling.backoff_max_seconds:
+            found.append(
+                Finding(
+                    "polling.backoff_base_seconds",
+                    f"{polling.backoff_base_seconds:g} is above polling.backoff_max_seconds "
+                    f"({polling.backoff_max_seconds:g}): the first wait after an error would "
+                    "exceed the longest; lower backoff_base_seconds or raise backoff_max_seconds",
+                )
+            )
+        if polling.cycle_interval_seconds > polling.task_interval_seconds:
+            found.append(
+                Finding(
+                    "polling.cycle_interval_seconds",
+                    f"{polling.cycle_interval_seconds:g} is above polling.task_interval_seconds "
+                    f"({polling.task_interval_seconds:g}): a task is polled at most once per "
+                    "cycle, so no more often than every cycle_interval_seconds",
+                    warning=True,
+                )
+            )
+    discovery, store = sections.get("discovery"), sections.get("store")
+    if isinstance(discovery, DiscoveryConfig) and discovery.redis_stream is not None:
+        stream_url = discovery.redis_stream.redis_url
+        if not stream_url and not (isinstance(store, StoreConfig) and store.redis_url):
+            found.append(
+                Finding(
+                    "discovery.redis_stream.redis_url",
+                    "the stream needs a Redis URL, here or in store.redis_url",
+                )
+            )
+    return found
+
+
+# ---- reading the file ----------------------------------------------------------------
+
+
+@dataclass
+class ConfigReport:
+    """Everything learnt from a config file without touching anything else."""
+
+    source: str
+    config: Config | None = None
+    problems: list[str] = default_factory(default_factory=list)  # `run` would refuse these
+    warnings: list[str] = default_factory(default_factory=list)
+    # Every top-level section that is valid on its own, even when others are not,
+    # so that the checks of the files they name still run.
+    sections: dict[str, Any] = default_factory(default_factory=dict)
+
+
+def check_config_data(data: Any, source: str) -> ConfigReport:
+    """Validate already-parsed YAML; never raises."""
+    report = ConfigReport(source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        report.problems.append(f"{source}: the top level must be a mapping of sections")
+        return report
+    try:
+        report.config = Config.model_validate(data)
+        report.sections = {name: getattr(report.config, name) for name in Config.model_fields}
+    except ValidationError as exc:
+        report.problems += validation_problems(exc, Config, source)
+        report.sections = _valid_sections(data, exc)
+    for finding in contradictions(report.sections):
+        (report.warnings if finding.warning else report.problems).append(finding.line(source))
+    if report.problems:
+        report.config = None
+    return report
+
+
+def _valid_sections(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """Each top-level section that validates once its bad settings are left out."""
+    bad: dict[str, set[str]] = {}
+    for error in exc.errors():
+        location = error["loc"]
+        if location:
+            bad.setdefault(str(location[0]), set()).add(
+                str(location[1]) if len(location) > 1 else ""
+            )
+    sections: dict[str, Any] = {}
+    for name, info in Config.model_fields.items():
+        value = data[name] if name in data else info.get_default(call_default_factory=True)
+        if name in bad:
+            if "" in bad[name] or not isinstance(value, dict):
+                continue
+            value = {key: item for key, item in value.items() if key not in bad[name]}
+        try:
+            sections[name] = TypeAdapter(info.annotation).validate_python(value)
+        except ValidationError:
+            continue
+    return sections
+
+
+def check_config_file(path: Path | str) -> ConfigReport:
+    """Read, parse and validate a config file; never raises."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ConfigReport(source, problems=[f"{source}: file not found"])
+    except UnicodeDecodeError:
+        return ConfigReport(source, problems=[f"{source}: cannot read: not UTF-8 text"])
+    except OSError as exc:
+        return ConfigReport(source, problems=[f"{source}: cannot read: {exc.strerror}"])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return ConfigReport(source, problems=[yaml_problem(exc, source)])
+    return check_config_data(data, source)
 
 
 def parse_config(data: Any, source: str) -> Config:
     """Validate already-parsed YAML; raises ConfigError naming every bad field."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: the top level must be a mapping of sections"])
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False):
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}: {_field_path(error['loc'])}: {message}")
-        raise ConfigError(problems) from None
+    report = check_config_data(data, source)
+    if report.config is None:
+        raise ConfigError(report.problems)
+    return report.config
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate a config file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse_config(data, str(path))
+    """Read and validate a config file; raises ConfigError naming every problem."""
+    report = check_config_file(path)
+    if report.config is None:
+        raise ConfigError(report.problems)
+    return report.config
 
 
-def read_api_key(config: Config, environ: dict[str, str] | None = None) -> SecretStr | None:
-    """The API key from $LEMONDATA_API_KEY or api.key_file; None if neither is set."""
+# ---- secrets -------------------------------------------------------------------------
+
+
+def secret_problem(secret: str, what: str) -> str | None:
+    """Why `secret` cannot go into an HTTP header, without quoting any of it."""
+    if "\n" in secret or "\r" in secret:
+        return f"{what} holds more than one line (a line break inside it); keep only the key"
+    if any(ord(c) > 0x7E for c in secret):
+        return f"{what} contains a character outside ASCII (a pasted quote or space?)"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+        return f"{what} contains a control character such as a tab"
+    return None
+
+
+def world_readable(path: Path) -> str | None:
+    """A warning if every user on the machine may read `path` (a file with a secret)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # reported by whoever reads it
+    if mode & stat.S_IROTH:
+        return (
+            f"{path} is readable by every user on this machine "
+            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+        )
+    return None
+
+
+def shown_path(path: Path) -> str:
+    """`path` for a message about a file that cannot be read, unless it may be the secret
+    itself pasted in place of a file name (no folder, no extension)."""
+    text = str(path)
+    if "/" in text or "." in text:
+        return text
+    return "the file named there (if that is the secret itself: name a file that holds it)"
+
+
+def read_api_key(
+    config: Config, environ: Mapping[str, str] | None = None, source: str = ""
+) -> SecretStr | None:
+    """The API key from api.key_file or $LEMONDATA_API_KEY; None if neither is set.
+
+    Raises ConfigError for a key that is unreadable, empty or cannot be sent in an
+    HTTP header (a line break, a non-ASCII character): every poll would fail.
+    """
     env = os.environ if environ is None else environ
-    if config.api.key_file is not None:
+    prefix = f"{source}: " if source else ""
+    key_file = config.api.key_file
+    if key_file is not None:
         try:
-            key = config.api.key_file.read_text(encoding="utf-8").strip()
+            key = key_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(
+                [f"{prefix}api.key_file: {shown_path(key_file)} is not UTF-8 text"]
+            ) from None
         except OSError as exc:
             raise ConfigError(
-                [f"api.key_file: cannot read {config.api.key_file}: {exc.strerror}"]
+                [f"{prefix}api.key_file: cannot read {shown_path(key_file)}: {exc.strerror}"]
             ) from None
         if not key:
-            raise ConfigError([f"api.key_file: {config.api.key_file} is empty"])
+            raise ConfigError([f"{prefix}api.key_file: {key_file} is empty"])
+        problem = secret_problem(key, f"the key in {key_file}")
+        if problem:
+            raise ConfigError([f"{prefix}api.key_file: {problem}"])
         return SecretStr(key)
     key = env.get(API_KEY_ENV, "").strip()
+    problem = secret_problem(key, "the key")
+    if problem:
+        raise ConfigError([f"{prefix}${API_KEY_ENV}: {problem}"])
     return SecretStr(key) if key else None
 
 

@@ -89,22 +89,30 @@ class TaskFeeder:
         self._thread.join(5)
 
 
+def positive(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=DEFAULT_LISTEN_ADDRESS,
-        help="exporter address (default %(default)s)",
-    )
+    from exporter.cli import add_listen_flag
+
+    add_listen_flag(parser, DEFAULT_LISTEN_ADDRESS, "exporter address (default %(default)s)")
     parser.add_argument(
         "--time-scale",
-        type=float,
+        type=positive,
         default=10.0,
         help="simulated seconds per real second (default %(default)s)",
     )
     parser.add_argument(
         "--tasks-per-second",
-        type=float,
+        type=positive,
         default=1.0,
         help="how fast the feeder creates tasks (default %(default)s)",
     )
@@ -128,11 +136,20 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    setup_logging("info")
+    setup_logging(args.log_level, args.log_format)
     with tempfile.TemporaryDirectory(prefix="lemondata-demo-") as tmp:
         data_dir = args.data_dir or Path(tmp)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(
+                f"--data-dir {data_dir}: cannot create it: {exc.strerror}; "
+                "choose a writable folder or leave --data-dir out",
+                file=sys.stderr,
+            )
+            return 2
         task_file = data_dir / "tasks.jsonl"
+        task_file.touch()  # watched from the start: no "does not exist" warning
         simulator = Simulator(
             SimulatorSettings(
                 port=0, api_keys=(DEMO_KEY,), time_scale=args.time_scale, seed=args.seed

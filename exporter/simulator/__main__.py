@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exporter.simulator.cli import add_arguments, run
+from exporter.simulator.cli import DESCRIPTION, add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m exporter.simulator",
-        description="Imitation of the LemonData async task API, for demos, tests and benchmarks.",
+        description=DESCRIPTION,
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

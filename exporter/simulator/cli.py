@@ -9,6 +9,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from exporter.logsetup import add_log_flags, setup_logging
 from exporter.simulator.app import Simulator
 from exporter.simulator.faults import FAULT_NAMES, FaultConfigError, parse_fault_flag
 from exporter.simulator.settings import (
@@ -21,13 +22,27 @@ from exporter.simulator.settings import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+DESCRIPTION = (
+    "Serve an imitation of the LemonData async task API: create tasks with POST "
+    "/v1/images/generations, poll them, inject faults, and read the ground truth from "
+    "/_sim/ground_truth. Every endpoint, fault and a worked example: docs/simulator.md."
+)
+
+
+def _listen_address(text: str) -> str:
+    """argparse type: a bad address is refused before anything starts."""
+    try:
+        parse_listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web.listen-address",
         dest="listen_address",
+        type=_listen_address,
         default=DEFAULT_LISTEN_ADDRESS,
         metavar="HOST:PORT",
         help=f"where the simulated API listens (default {DEFAULT_LISTEN_ADDRESS}; port 0 = any)",
@@ -74,14 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="enable a fault: NAME, NAME=PROBABILITY or NAME=JSON-OBJECT, repeatable; "
         f"names: {', '.join(FAULT_NAMES)}",
     )
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default info")
+    add_log_flags(parser)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
     """`host:port`, `[v6-host]:port` or `:port` (all interfaces)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise ValueError(f"listen address needs a port: {text!r}")
+        hint = f"; write :{text} (every interface) or 127.0.0.1:{text}" if text.isdigit() else ""
+        raise ValueError(f"listen address needs a port: {text!r}{hint}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
@@ -115,10 +131,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
 
 def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Serves until SIGINT/SIGTERM (or until `stop` is set); returns an exit code."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         settings = settings_from_args(args)
         simulator = Simulator(settings)
@@ -128,7 +141,11 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     try:
         simulator.start()
     except OSError as exc:
-        logger.error("cannot listen on %s: %s", args.listen_address, exc)
+        logger.error(
+            "cannot listen on %s: %s; choose another address with --web.listen-address",
+            args.listen_address,
+            exc.strerror or exc,
+        )
         return 1
     stop = stop or threading.Event()
     previous = _install_signal_handlers(stop)

@@ -43,7 +43,7 @@ import bcrypt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from exporter.config import ConfigError, _field_path
+from exporter.config import ConfigError, validation_problems, yaml_problem
 from exporter.web.server import StartResponse, WSGIApp
 
 REALM = "lemondata-exporter"
@@ -231,9 +231,7 @@ def load_web_security(path: Path | str | None) -> WebSecurity | None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}"]) from None
+        raise ConfigError([yaml_problem(exc, source)]) from None
     return WebSecurity(parse_web_config(data, source), source)
 
 
@@ -245,11 +243,7 @@ def parse_web_config(data: Any, source: str) -> WebConfig:
     try:
         return WebConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False, include_context=False):
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}: {_field_path(error['loc'])}: {message}")
-        raise ConfigError(problems) from None
+        raise ConfigError(validation_problems(exc, WebConfig, source)) from None
 
 
 def build_ssl_context(tls: TLSServerConfig, source: str = "web config") -> ssl.SSLContext:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -82,13 +83,14 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
         f"<tr><td>{html.escape(status)}</td><td>{count}</td></tr>"
         for status, count in health.summary().items()
     )
-    hint = health.hint()
+    # The hint marks names in backticks; shown as <code>, everything else escaped.
+    hint = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(health.hint()))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>LemonData exporter</title></head>
 <body>
 <h1>LemonData exporter</h1>
 <p>Version {html.escape(__version__)}</p>
-{f'<p class="hint"><strong>{html.escape(hint)}</strong></p>' if hint else ""}
+{f'<p class="hint"><strong>{hint}</strong></p>' if hint else ""}
 <ul>
 <li><a href="metrics">Metrics</a></li>
 <li><a href="status">Status of the tasks</a></li>

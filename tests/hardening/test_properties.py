@@ -201,7 +201,7 @@ def test_yaml_dumped_sections_validate_or_name_a_problem(folder: Path, data: Any
         ("api: [\n", "not valid YAML (line"),
         ("polling:\n  requests_per_second: -1\n", "polling.requests_per_second: Input should be"),
         ("polling:\n  cycle_interval_seconds: .inf\n", "polling.cycle_interval_seconds: "),
-        ("discovery:\n  files: [{path: a, nam: x}]\n", "discovery.files[0].nam: Extra inputs"),
+        ("discovery:\n  files: [{path: a, nam: x}]\n", "discovery.files[0].nam: unknown setting"),
         ("metrics:\n  duration_buckets: [2, 1]\n", "metrics.duration_buckets: must be"),
         ('store:\n  path: "a\\0b"\n', "store.path: "),
         ("- 1\n- 2\n", "the top level must be a mapping"),

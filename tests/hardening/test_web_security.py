@@ -93,7 +93,7 @@ def basic(user: str, password: str) -> dict[str, str]:
         ({"basic_auth_users": {"alice": "plain-SECRET-pw"}}, "basic_auth_users: the password of"),
         ({"basic_auth_users": {"a:b": HASH}}, "basic_auth_users: user names"),
         ({"tls_server_config": {"cert_file": "x.crt"}}, "tls_server_config.key_file: Field"),
-        ({"tls_server_config": {"cert_file": "a", "key_file": "b", "x": 1}}, ".x: Extra inputs"),
+        ({"tls_server_config": {"cert_file": "a", "key_file": "b", "x": 1}}, ".x: unknown setting"),
         (
             {"tls_server_config": {"cert_file": "a", "key_file": "b", "min_version": "TLS14"}},
             "tls_server_config.min_version: must be one of",
