@@ -106,7 +106,7 @@ class PollCycle:
         # this long; slower requests stay in flight and a later cycle applies
         # them, so one hanging request does not hold back every due task.
         self._straggler_wait = straggler_wait
-        self._in_flight: dict[Future[tuple[PollOutcome, float] | None], Task] = {}
+        self._in_flight: dict[Future[tuple[PollOutcome, float, float] | None], Task] = {}
         self._share = share
         self._configured_rate = budget.rate
         self._allowed_rate = budget.rate
@@ -175,11 +175,11 @@ class PollCycle:
                 result = future.result()
                 if result is None:  # not sent: shutting down
                     continue
-                outcome, sent_at = result
+                outcome, sent_at, seen_at = result
                 polled += 1
                 lag = max(lag, sent_at - task.next_poll_at)
                 any_answer = bool(any_answer) or answered(outcome)
-                finished += self._apply(task, outcome)
+                finished += self._apply(task, outcome, seen_at)
             except Exception:
                 if self._stop.is_set():  # shutting down: the store may be closed already
                     continue
@@ -219,11 +219,18 @@ class PollCycle:
             except Exception:  # the store's trouble shows elsewhere; try again later
                 log.warning("could not save adaptive polling stats", exc_info=True)
 
-    def _poll(self, task: Task) -> tuple[PollOutcome, float] | None:
+    def _poll(self, task: Task) -> tuple[PollOutcome, float, float] | None:
+        """(outcome, when it was sent, when the API saw the task so).
+
+        The API answered between sending and receiving: the midpoint is when
+        it saw the task. The time the cycle thread gets to apply the answer
+        is later by however many answers wait before it, which would bias
+        every duration measured between two polls."""
         if not self._budget.acquire(self._stop):
             return None
         sent_at = self._last_sent = self._clock()
-        return self._client.fetch_status(task.task_id, task.poll_url), sent_at
+        outcome = self._client.fetch_status(task.task_id, task.poll_url)
+        return outcome, sent_at, (sent_at + self._clock()) / 2
 
     def _run_probe(self) -> None:
         """Apply a finished probe's answer; send one if no request went out for a while."""
@@ -260,10 +267,10 @@ class PollCycle:
         if self._share is not None and outcome.rate_limit is not None:
             self._follow_headers(outcome)
 
-    def _apply(self, task: Task, outcome: PollOutcome) -> bool:
-        """decide -> classify -> store -> record. True if the task finished."""
+    def _apply(self, task: Task, outcome: PollOutcome, now: float) -> bool:
+        """decide -> classify -> store -> record, as of `now`, when the API
+        answered. True if the task finished."""
         self._observe(outcome)
-        now = self._clock()
         update = decide(task, outcome, now, self._policy, self._jitter())
         finish = update.finish
         reason = None

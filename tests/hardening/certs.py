@@ -79,7 +79,9 @@ class CA:
     def cert_file(self) -> Path:
         return self.pair.cert
 
-    def issue(self, name: str, *, server: bool) -> Pair:
+    def issue(
+        self, name: str, *, server: bool, dns_names: tuple[str, ...] = ("localhost",)
+    ) -> Pair:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -105,7 +107,10 @@ class CA:
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        *(x509.DNSName(dns_name) for dns_name in dns_names),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
                 ),
                 critical=False,
             )
