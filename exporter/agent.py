@@ -135,6 +135,7 @@ class Agent:
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log = 0.0
+        self._discovered_once = False  # no idle hint in the log before the first pass
         self.task_api_on = False  # set by serve() when a token turns the task API on
         self._scheduler = build_scheduler(
             [
@@ -150,6 +151,7 @@ class Agent:
 
     def discover(self) -> None:
         run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
+        self._discovered_once = True
 
     def poll(self) -> None:
         self.cycle.run_once()
@@ -224,7 +226,7 @@ class Agent:
 
     def _log_if_idle(self) -> None:
         now = time.monotonic()
-        if now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS:
+        if not self._discovered_once or now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS:
             return
         hint = self.hint()  # once: discovery may add tasks meanwhile
         if not hint:

@@ -1,5 +1,7 @@
 """A real HTTP imitation of the LemonData async task API, for demos, tests and benchmarks.
 
+The user's guide, with a worked example, is docs/simulator.md.
+
 Endpoints (all need ``Authorization: Bearer <key>``; the default key is
 ``sk-simulator``):
 

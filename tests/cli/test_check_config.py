@@ -255,3 +255,16 @@ def test_store_path_and_watched_files_are_checked(tmp_path: Path) -> None:
         f"{path}: discovery.files[1].path: warning: {tmp_path}/nowhere/tasks.jsonl: the folder "
         f"{tmp_path}/nowhere does not exist (a typo?)",
     ]
+
+
+def test_the_readme_shows_what_check_config_prints_for_the_shipped_config() -> None:
+    from tests.cli.support import ROOT, clean_env, cli
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```\nconfig.yaml: OK\n") + len("```\n")
+    shown = readme[start : readme.index("```", start)]
+    result = cli(
+        "check-config", "--config.file", "config.yaml", cwd=ROOT, env=clean_env(**{KEY_ENV: KEY})
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == shown

@@ -126,3 +126,4 @@ def test_no_hint_once_the_configured_tasks_have_finished(tmp_path: Path) -> None
     finally:
         simulator.stop()
     assert _hint(page) == ""
+    assert "No tasks are tracked" not in exporter.log_text()

@@ -327,15 +327,29 @@ def test_prometheus_rule_passes_promtool_check(rule_file: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def rule_unit_tests(rule_file: Path) -> dict[str, dict[str, Any]]:
+    """The promtool unit tests of the rule files, each pointed at `rule_file` alone."""
+    try:
+        from tests.monitoring.promtool_cases import promtool_tests
+    except ImportError:  # the tests as files in prometheus/tests/
+        tests = {}
+        for path in sorted(RULE_TESTS_DIR.glob("*.yml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            assert data["rule_files"]
+            data["rule_files"] = [str(rule_file)]
+            tests[path.stem] = data
+        return tests
+    made: dict[str, dict[str, Any]] = promtool_tests([str(rule_file)])
+    return made
+
+
 def test_prometheus_rule_passes_the_rule_unit_tests(rule_file: Path, tmp_path: Path) -> None:
-    tests = sorted(RULE_TESTS_DIR.glob("*.yml"))
+    tests = rule_unit_tests(rule_file)
     assert tests
     copies = []
-    for test in tests:
-        data = yaml.safe_load(test.read_text(encoding="utf-8"))
-        assert data["rule_files"]
-        data["rule_files"] = [str(rule_file)]
-        copy = tmp_path / test.name
+    for stem, data in tests.items():
+        assert data["rule_files"] == [str(rule_file)]
+        copy = tmp_path / f"{stem}.test.yml"
         copy.write_text(yaml.safe_dump(data, sort_keys=False))
         copies.append(str(copy))
     result = promtool("test", "rules", *copies)
