@@ -134,7 +134,7 @@ class Agent:
             probe_interval=polling.probe_interval_seconds,
         )
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
-        self._last_idle_log = 0.0
+        self._last_idle_log: float | None = None  # monotonic; may be < 300 s after boot
         self._discovered_once = False  # no idle hint in the log before the first pass
         self.task_api_on = False  # set by serve() when a token turns the task API on
         self._scheduler = build_scheduler(
@@ -226,7 +226,12 @@ class Agent:
 
     def _log_if_idle(self) -> None:
         now = time.monotonic()
-        if not self._discovered_once or now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS:
+        if not self._discovered_once:
+            return
+        if (
+            self._last_idle_log is not None
+            and now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS
+        ):
             return
         hint = self.hint()  # once: discovery may add tasks meanwhile
         if not hint:

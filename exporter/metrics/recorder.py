@@ -264,6 +264,12 @@ class Recorder:
                 label = self.model_label(label)
             self._init_model(label, at_start=True)
 
+    def add_model_labels(self, labels: Iterable[str]) -> None:
+        """Model labels first seen in the store's totals (another replica finished
+        them): new to this process, so their zeros show in one scrape first."""
+        for label in labels:
+            self._init_model(label)
+
     def add_models(self, models: Iterable[str | None]) -> None:
         """Create zero series for models, so rates and ratios exist from the start."""
         for model in models:

@@ -39,6 +39,8 @@ class StoreTotalsCollector(Collector):
         recorder = self._recorder
         # A model first known since the start shows zeros in one scrape before
         # its counts: a series that starts above zero hides its first increase.
+        # That includes models only other replicas of a group have finished.
+        recorder.add_model_labels({labels.model for labels in totals} - set(recorder.models()))
         unshown = recorder.unshown_models()
         finished: Counter[tuple[str, str]] = Counter()
         failures: Counter[tuple[str, str, str]] = Counter()

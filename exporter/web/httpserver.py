@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import socket
 import ssl
@@ -589,7 +590,7 @@ class _Server(cheroot_wsgi.Server):
         self.server_name = "lemondata-exporter"
         self.open_connections = 0
         self._count_lock = threading.Lock()
-        self._last_note = 0.0
+        self._last_note = -math.inf  # monotonic time may be small just after boot
 
     def prepare(self) -> None:
         super().prepare()
