@@ -39,9 +39,9 @@ from exporter.classify import ReasonClassifier
 from exporter.config import PollingConfig
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
+from exporter.poller.adaptive import build_schedule
 from exporter.poller.cycle import PollCycle
 from exporter.poller.ratelimit import AccountShare, RequestBudget
-from exporter.poller.schedule import build_schedule
 from exporter.poller.transitions import PollPolicy
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient

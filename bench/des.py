@@ -40,9 +40,9 @@ from exporter.model import (
     Status,
     TaskUpdate,
 )
+from exporter.poller.adaptive import build_schedule
 from exporter.poller.cycle import PollCycle
 from exporter.poller.ratelimit import AccountShare, RequestBudget
-from exporter.poller.schedule import build_schedule
 from exporter.poller.transitions import PollPolicy
 from exporter.simulator.lifecycle import TaskPlan, observe
 from exporter.simulator.payloads import image_status_payload, unified_status_payload

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from exporter.api.mounts import WebApis
 from exporter.api.validation import SOURCE as API_SOURCE
+from exporter.backends import open_store, request_budget, stream_sources
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -25,14 +26,13 @@ from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
 from exporter.metrics.store_totals import StoreTotalsCollector
 from exporter.model import ACTIVE_STATUSES, Status
+from exporter.poller.adaptive import build_schedule
 from exporter.poller.cycle import PollCycle
 from exporter.poller.ratelimit import AccountShare
-from exporter.poller.schedule import build_schedule
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
-from exporter.replicas import open_store, request_budget, stream_sources
 from exporter.store.base import TaskStore
 from exporter.upstream.client import UpstreamClient
 from exporter.web.security import WebSecurity

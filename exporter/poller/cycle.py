@@ -31,8 +31,8 @@ from exporter.classify import ReasonClassifier
 from exporter.metrics.recorder import Recorder, answered
 from exporter.model import Finish, OutcomeKind, PollOutcome, Status, Task
 from exporter.poller.account import MESSAGES, AccountState, account_state_after
+from exporter.poller.adaptive import AdaptiveSchedule
 from exporter.poller.ratelimit import AccountShare, RequestBudget
-from exporter.poller.schedule import AdaptiveSchedule
 from exporter.poller.transitions import PollPolicy, decide
 from exporter.store.base import FinishLabels, ModelStatsStore, TaskStore
 from exporter.upstream.client import UpstreamClient
@@ -106,7 +106,7 @@ class PollCycle:
         # this long; slower requests stay in flight and a later cycle applies
         # them, so one hanging request does not hold back every due task.
         self._straggler_wait = straggler_wait
-        self._in_flight: dict[Future[tuple[PollOutcome, float, float] | None], Task] = {}
+        self._requests: dict[Future[tuple[PollOutcome, float, float] | None], Task] = {}
         self._share = share
         self._configured_rate = budget.rate
         self._allowed_rate = budget.rate
@@ -126,7 +126,7 @@ class PollCycle:
         now = self._clock()
         limit = self._limit()
         wanted = limit * CANDIDATES_PER_SLOT if self._schedule is not None else limit
-        busy = {task.task_id for task in self._in_flight.values()}
+        busy = {task.task_id for task in self._requests.values()}
         due = self._store.due(now + self._lookahead, wanted + len(busy))
         # Requests still in flight from earlier cycles take their share of the limit.
         room = max(0, limit - len(busy))
@@ -136,7 +136,7 @@ class PollCycle:
         for task in tasks:
             if self._stop.is_set():
                 break
-            self._in_flight[self._pool.submit(self._poll, task)] = task
+            self._requests[self._pool.submit(self._poll, task)] = task
             self._last_sent = now  # on its way: no probe needed meanwhile
         polled, finished, lag, any_answer = self._collect(self._straggler_wait)
         if deferred:  # due, but left for later: the budget is short
@@ -153,7 +153,7 @@ class PollCycle:
         """At shutdown, after the last cycle: apply what requests still in flight
         answer within `timeout` seconds. Returns how many were left unanswered."""
         self._collect(timeout)
-        return len(self._in_flight)
+        return len(self._requests)
 
     def _collect(self, timeout: float | None) -> tuple[int, int, float, bool | None]:
         """Apply results of requests in flight as they arrive (the finish is
@@ -162,13 +162,13 @@ class PollCycle:
         polled = finished = 0
         lag = 0.0
         any_answer: bool | None = None
-        arrivals = as_completed(list(self._in_flight), timeout=timeout)
+        arrivals = as_completed(list(self._requests), timeout=timeout)
         while True:
             try:
                 future = next(arrivals)
             except (StopIteration, TimeoutError):  # stragglers stay in flight
                 break
-            task = self._in_flight.pop(future)
+            task = self._requests.pop(future)
             if future.cancelled():
                 continue
             try:

@@ -20,8 +20,8 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
+from exporter.poller.adaptive import Planner, progress_eta
 from exporter.poller.backoff import backoff_delay, retry_after_delay
-from exporter.poller.schedule import Planner, progress_eta
 
 # Statuses the API documents; anything else is counted and polled again.
 _REPORTED_STATUSES = {

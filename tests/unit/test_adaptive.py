@@ -17,9 +17,7 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.poller.cycle import PollCycle
-from exporter.poller.ratelimit import RequestBudget
-from exporter.poller.schedule import (
+from exporter.poller.adaptive import (
     LOWER_EDGES,
     UPPER_EDGES,
     AdaptiveSchedule,
@@ -31,6 +29,8 @@ from exporter.poller.schedule import (
     next_delay,
     progress_eta,
 )
+from exporter.poller.cycle import PollCycle
+from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy, decide
 from exporter.store.sqlite import SqliteTaskStore
 
