@@ -33,11 +33,13 @@ from exporter.config import default_failure_class
 from exporter.model import (
     FINISHED_STATUSES,
     UNKNOWN_STATUS_KIND,
+    Finish,
     OutcomeKind,
     PollOutcome,
     RateLimitInfo,
     TaskUpdate,
 )
+from exporter.poller.events import Change, CycleEnd, PollListener
 
 # `_created` series double the series count and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -55,8 +57,6 @@ API_ERROR_KINDS = (
     *(k.value for k in OutcomeKind if k is not OutcomeKind.REPORT),
     UNKNOWN_STATUS_KIND,
 )
-# A usable answer, even if not good news: the API is reachable and takes the key.
-_API_ANSWERED = (OutcomeKind.REPORT, OutcomeKind.NOT_FOUND, OutcomeKind.RATE_LIMITED)
 ACCOUNT_STATES = ("ok", "key_rejected", "quota_exhausted")
 
 
@@ -341,7 +341,7 @@ class Recorder:
             self.api_errors.labels(outcome.kind.value).inc()
         if outcome.rate_limit is not None:
             self.last_seen.rate_limit(outcome.rate_limit)
-        if answered(outcome):
+        if outcome.answered:
             self.last_seen.last_answer = self._clock()
 
     def api_reachable(self, answered: bool) -> None:
@@ -351,8 +351,17 @@ class Recorder:
         for name in ACCOUNT_STATES:
             self.account_state.labels(name).set(1.0 if name == state else 0.0)
 
-    def task_update(self, model: str | None, update: TaskUpdate, reason: str | None) -> None:
-        """Observe what a stored update means; call only once the store accepted it."""
+    def task_update(
+        self,
+        model: str | None,
+        update: TaskUpdate,
+        reason: str | None,
+        seen_at: float | None = None,
+    ) -> None:
+        """Observe what a stored update means; call only once the store accepted it.
+
+        A finish is recorded here whole: its count, failure reason, duration,
+        uncertainty and, with `seen_at` (when the API saw it), detection delay."""
         if update.error_kind:
             self.api_errors.labels(update.error_kind).inc()
         label = self.model_label(model)
@@ -374,9 +383,10 @@ class Recorder:
             self.duration.labels(label, finish.status.value).observe(finish.duration)
             if not finish.exact and finish.uncertainty is not None:
                 self.uncertainty.observe(finish.uncertainty)
-
-    def detection_delay(self, seconds: float) -> None:
-        self.detection.observe(max(0.0, seconds))
+            if seen_at is not None:
+                delay = detection_delay(finish, update.created, seen_at)
+                if delay is not None:
+                    self.detection.observe(max(0.0, delay))
 
     def allowed_rate(self, rps: float) -> None:
         self.allowed_rps.set(rps)
@@ -388,8 +398,35 @@ class Recorder:
         self.last_cycle.set(ended_at)
 
 
-def answered(outcome: PollOutcome) -> bool:
-    return outcome.kind in _API_ANSWERED
+def detection_delay(finish: Finish, created: float | None, seen_at: float) -> float | None:
+    """Seconds from a finish upstream to seeing it: exact with `updated`, else the
+    whole gap since the previous poll (an upper bound); None if unknown."""
+    if finish.duration is None:
+        return None
+    if finish.exact and created is not None:
+        return seen_at - (created + finish.duration)
+    if finish.uncertainty is not None:
+        return 2 * finish.uncertainty
+    return None
+
+
+class PollRecording(PollListener):
+    """The poll path's metrics: a listener of the outcome handler."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def answer(self, outcome: PollOutcome, probe: bool) -> None:
+        self._recorder.api_response(outcome, probe=probe)
+
+    def changed(self, change: Change) -> None:
+        self._recorder.task_update(change.model, change.update, change.reason, change.seen_at)
+
+    def reachable(self, answered: bool) -> None:
+        self._recorder.api_reachable(answered)
+
+    def cycle_done(self, end: CycleEnd) -> None:
+        self._recorder.cycle_done(end.duration, end.lag, end.ended_at)
 
 
 class ScrapeMark(Collector):

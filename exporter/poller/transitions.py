@@ -43,20 +43,28 @@ class PollPolicy:
     backoff_max: float = 300.0
     # Upstream clocks may run ahead of ours; beyond this a timestamp is bogus.
     clock_skew: float = 300.0
-    # Adaptive polling: the next poll of a healthy unfinished task is
-    # `planner.delay(...)` away instead of `task_interval`.
-    planner: Planner | None = None
 
 
 def decide(
-    task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
+    task: Task,
+    outcome: PollOutcome,
+    now: float,
+    policy: PollPolicy,
+    jitter: float,
+    plan: Planner | None = None,
 ) -> TaskUpdate:
-    """The task's next state after `outcome`, observed at `now`."""
+    """The task's next state after `outcome`, observed at `now`.
+
+    `plan` (adaptive polling) says when to poll a healthy unfinished task
+    next; without it that is `policy.task_interval` away. The caller passes a
+    snapshot of what the schedule knows (`AdaptiveSchedule.plan()`), so the
+    decision reads values only.
+    """
     # Only an answer that tells the task's status says it was unfinished then;
     # the uncertainty of a finish seen later is measured from that poll (an
     # error or an unknown status in between says nothing).
     report = outcome.report if outcome.kind is OutcomeKind.REPORT else None
-    answered = report is not None and report.status in _REPORTED_STATUSES
+    status_known = report is not None and report.status in _REPORTED_STATUSES
     base = TaskUpdate(
         status=task.status,
         next_poll_at=now + policy.task_interval,
@@ -65,12 +73,12 @@ def decide(
         model=task.model,
         first_seen=task.first_seen,
         processing_seen=task.processing_seen,
-        last_polled=now if answered else task.last_polled,
+        last_polled=now if status_known else task.last_polled,
         progress=task.progress,
         progress_at=task.progress_at,
     )
     if outcome.kind is OutcomeKind.REPORT and outcome.report is not None:
-        update = _apply_report(task, outcome.report, now, policy, jitter, base)
+        update = _apply_report(task, outcome.report, now, policy, jitter, base, plan)
     elif outcome.kind is OutcomeKind.NOT_FOUND:
         update = _replace(base, status=Status.EXPIRED, finish=Finish(Status.EXPIRED))
     else:
@@ -85,6 +93,7 @@ def _apply_report(
     policy: PollPolicy,
     jitter: float,
     base: TaskUpdate,
+    plan: Planner | None,
 ) -> TaskUpdate:
     created = (
         task.created if task.created is not None else _valid_created(report.created, now, policy)
@@ -129,12 +138,12 @@ def _apply_report(
         # sharper the rate. Progress going back (a retry upstream) starts anew.
         if task.progress is None or report.progress < task.progress:
             progress, progress_at = report.progress, at
-        elif policy.planner is not None:
+        elif plan is not None:
             eta = progress_eta(task.progress, task.progress_at, report.progress, at, now)
     next_poll_at = base.next_poll_at
-    if policy.planner is not None and finish is None:
+    if plan is not None and finish is None:
         age = now - (created if created is not None else task.discovered_at)
-        next_poll_at = now + policy.planner.delay(model, age, eta)
+        next_poll_at = now + plan.delay(model, age, eta)
     return _replace(
         base,
         status=status,
