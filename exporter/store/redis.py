@@ -13,8 +13,8 @@ replicas needs:
 - The terminal record is a compare-and-set inside the `apply` script: only
   the first replica to store a task's finish gets True back, and only it
   records the metric. The task remembers that replica (`finished_by`).
-- `SharedRequestBudget` is the poll cycle's request budget kept in Redis
-  (GCRA), so the whole group stays within one account's rate.
+- The group's request budget shares the prefix (`budget`, `budget:pause`);
+  it lives in `poller/shared_budget.py`.
 
 Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
 `due` (zset of unfinished tasks by next poll time), `finished` (zset by
