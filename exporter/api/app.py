@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -33,7 +33,7 @@ from exporter.api.validation import (
     parse_registration,
     task_id_from_path,
 )
-from exporter.intake import LIMIT_SETTING, TaskIntake
+from exporter.intake import LIMIT_SETTING, RegistrationRecorder, TaskIntake, register_tasks
 from exporter.model import Task
 from exporter.store.base import TaskEvent, TaskStore
 
@@ -49,14 +49,6 @@ DISABLED_MESSAGE = (
     "api_server.token_file in the config, restart the exporter, and send it as "
     "`Authorization: Bearer <token>`. See docs/api.md."
 )
-
-
-class RegistrationRecorder(Protocol):
-    """The part of `metrics.recorder.Recorder` the API feeds."""
-
-    def tasks_discovered(self, source: str, count: int) -> None: ...
-
-    def add_models(self, models: Iterable[str | None]) -> None: ...
 
 
 class TaskApi:
@@ -169,11 +161,7 @@ class TaskApi:
                     f"tasks ({LIMIT_SETTING}); {refused} new task(s) would not fit and nothing "
                     "was added; retry when tasks have finished, or raise the limit",
                 )
-        added = self.store.add(tasks, self._clock())
-        if added:
-            self.recorder.tasks_discovered(SOURCE, len(added))
-            self.recorder.add_models(task.model for task in added)
-            log.debug("task API: %d new task(s) registered", len(added))
+        added = register_tasks(self.store, self.recorder, SOURCE, tasks, self._clock())
         added_ids = {task.task_id for task in added}
         result = {
             "added": [task.task_id for task in tasks if task.task_id in added_ids],

@@ -223,10 +223,13 @@ def test_the_store_does_not_import_the_poller_and_the_poller_not_metrics() -> No
     expose: no stage imports a later one."""
     root = Path(__file__).resolve().parents[2] / "exporter"
     later = {
-        "discovery": ("poller", "api", "web"),
+        "discovery": ("poller", "metrics", "api", "web"),
         "store": ("poller", "metrics", "api", "web", "discovery"),
         "poller": ("metrics", "api", "web", "discovery", "classify", "upstream"),
         "metrics": ("api", "web"),
+        # Every source registers through `intake.register_tasks`, never the metrics directly.
+        "proxy": ("metrics", "poller"),
+        "api": ("metrics", "poller"),
     }
     found = []
     for package, forbidden in later.items():
@@ -237,3 +240,11 @@ def test_the_store_does_not_import_the_poller_and_the_poller_not_metrics() -> No
                     if parts[0] == "exporter" and len(parts) > 1 and parts[1] in forbidden:
                         found.append(f"{package}/{path.name} imports {node.module}")
     assert found == []
+
+
+def test_every_source_registers_through_one_function() -> None:
+    root = Path(__file__).resolve().parents[2] / "exporter"
+    for path in ("discovery/runner.py", "api/app.py", "proxy/__init__.py"):
+        text = (root / path).read_text()
+        assert "register_tasks(" in text and ".add(" not in text, path
+        assert "tasks_discovered" not in text, path
