@@ -20,7 +20,7 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.poller.adaptive import Planner, progress_eta
+from exporter.poller.adaptive import Eta, Planner, progress_eta
 from exporter.poller.backoff import backoff_delay, retry_after_delay
 
 # Statuses the API documents; anything else is counted and polled again.
@@ -100,7 +100,7 @@ def _apply_report(
     )
     model = task.model or report.model
     first_seen = task.first_seen if task.first_seen is not None else now
-    status = _REPORTED_STATUSES.get(report.status)
+    status = _reported_status(report)
     if status is None:
         errors = task.consecutive_errors + 1
         return _replace(
@@ -114,14 +114,7 @@ def _apply_report(
             error_kind=UNKNOWN_STATUS_KIND,
             last_error=f"unknown status {report.status[:40]!r}",
         )
-    if status is Status.FAILED and (report.cancelled or _says_cancelled(report.error)):
-        status = Status.CANCELLED
-    processing_seen = task.processing_seen
-    pending_seconds = None
-    if status is Status.PROCESSING and processing_seen is None:
-        processing_seen = now
-        if created is not None:
-            pending_seconds = max(0.0, now - created)
+    processing_seen, pending_seconds = _processing_start(task, status, created, now)
     finish = None
     if status in _TIMED_STATUSES:
         duration, exact, uncertainty = completion_duration(
@@ -130,16 +123,9 @@ def _apply_report(
         finish = Finish(status, duration, exact, uncertainty, report.error)
     progress, progress_at, eta = task.progress, task.progress_at, None
     if status is Status.PROCESSING and report.progress is not None:
-        # `updated` is when the progress last changed: a sharper time than ours.
-        updated = report.updated
-        plausible = updated is not None and created is not None and created <= updated <= now
-        at = updated if plausible and updated is not None else now
-        # The first reading of the run is the anchor: the longer the span, the
-        # sharper the rate. Progress going back (a retry upstream) starts anew.
-        if task.progress is None or report.progress < task.progress:
-            progress, progress_at = report.progress, at
-        elif plan is not None:
-            eta = progress_eta(task.progress, task.progress_at, report.progress, at, now)
+        progress, progress_at, eta = _progress_reading(
+            task, report.progress, report.updated, created, now, with_eta=plan is not None
+        )
     next_poll_at = base.next_poll_at
     if plan is not None and finish is None:
         age = now - (created if created is not None else task.discovered_at)
@@ -157,6 +143,44 @@ def _apply_report(
         progress=progress,
         progress_at=progress_at,
     )
+
+
+def _reported_status(report: StatusReport) -> Status | None:
+    """The status an answer reports (a failure that says it was cancelled is
+    cancelled); None for a status the API does not document."""
+    status = _REPORTED_STATUSES.get(report.status)
+    if status is Status.FAILED and (report.cancelled or _says_cancelled(report.error)):
+        return Status.CANCELLED
+    return status
+
+
+def _processing_start(
+    task: Task, status: Status, created: float | None, now: float
+) -> tuple[float | None, float | None]:
+    """(when the task was first seen processing, its pending time if that is now)."""
+    if status is not Status.PROCESSING or task.processing_seen is not None:
+        return task.processing_seen, None
+    return now, max(0.0, now - created) if created is not None else None
+
+
+def _progress_reading(
+    task: Task,
+    progress: float,
+    updated: float | None,
+    created: float | None,
+    now: float,
+    with_eta: bool,
+) -> tuple[float | None, float | None, Eta | None]:
+    """(progress anchor, its time, finish estimate) after a processing answer's progress."""
+    # `updated` is when the progress last changed: a sharper time than ours.
+    plausible = updated is not None and created is not None and created <= updated <= now
+    at = updated if plausible and updated is not None else now
+    # The first reading of the run is the anchor: the longer the span, the
+    # sharper the rate. Progress going back (a retry upstream) starts anew.
+    if task.progress is None or progress < task.progress:
+        return progress, at, None
+    eta = progress_eta(task.progress, task.progress_at, progress, at, now) if with_eta else None
+    return task.progress, task.progress_at, eta
 
 
 def _after_error(
