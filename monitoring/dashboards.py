@@ -47,6 +47,7 @@ from monitoring.config import BundleConfig
 
 TASKS_FILE = "dashboards/lemondata-tasks.json"
 EXPORTER_FILE = "dashboards/lemondata-exporter.json"
+PROVISIONING_FILE = "grafana/provisioning/dashboards/dashboards.yml"
 
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 GRAFANA = model.DataSourceRef(type_val="grafana", uid="-- Grafana --")
@@ -105,11 +106,11 @@ class Selectors:
 
     @property
     def raw_model(self) -> str:
-        return f'{self.raw}, model=~"$model"'
+        return _join(self.raw, 'model=~"$model"')
 
     @property
     def recorded_model(self) -> str:
-        return f'{self.recorded}, model=~"$model"'
+        return _join(self.recorded, 'model=~"$model"')
 
 
 def _join(*parts: str) -> str:
@@ -118,17 +119,22 @@ def _join(*parts: str) -> str:
 
 def topology_variables(config: BundleConfig) -> list[tuple[str, str]]:
     """(variable name, label) of the topology variables, outermost first."""
-    found = [("cluster", config.cluster_label)] if config.multi_cluster else []
-    if "job" in config.topology_labels or "job" not in config.selector:
-        found.append(("job", "job"))
-    return found
+    cluster = [("cluster", config.cluster_label)] if config.multi_cluster else []
+    return [*cluster, ("job", "job")]
 
 
 def selectors(config: BundleConfig) -> Selectors:
-    topology = ", ".join(f'{label}=~"${name}"' for name, label in topology_variables(config))
+    variables = topology_variables(config)
+    # The recording rules keep only the topology labels (and `model`): a variable
+    # over another label cannot filter recorded series.
+    kept = [(n, label) for n, label in variables if label in config.topology_labels]
     return Selectors(
-        raw=_join(config.selector, topology, 'instance=~"$instance"'),
-        recorded=topology or 'job=~".+"',
+        raw=_join(
+            config.selector,
+            *(f'{label}=~"${n}"' for n, label in variables),
+            'instance=~"$instance"',
+        ),
+        recorded=_join(*(f'{label}=~"${n}"' for n, label in kept)),
     )
 
 
@@ -1380,9 +1386,32 @@ def to_json(board: model.Dashboard) -> str:
     return json.dumps(board, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
+def provisioning(config: BundleConfig) -> str:
+    """Grafana's file provider for the dashboards, into the configured folder."""
+    folder = json.dumps(config.grafana_folder)  # a JSON string is a YAML string
+    return f"""\
+# Rendered by `python -m monitoring` (monitoring/dashboards.py); do not edit.
+# Loads the dashboards (dashboards/*.json, mounted at /var/lib/grafana/dashboards
+# by docker-compose.yml) into the folder of the bundle's `grafana_folder` knob.
+apiVersion: 1
+
+providers:
+  - name: lemondata
+    folder: {folder}
+    type: file
+    disableDeletion: false
+    allowUiUpdates: false
+    updateIntervalSeconds: 30
+    options:
+      path: /var/lib/grafana/dashboards
+      foldersFromFilesStructure: false
+"""
+
+
 def render(config: BundleConfig) -> dict[str, str]:
-    """Output path -> text of both dashboards."""
+    """Output path -> text: both dashboards and Grafana's provisioning file for them."""
     return {
         TASKS_FILE: to_json(tasks_dashboard(config)),
         EXPORTER_FILE: to_json(exporter_dashboard(config)),
+        PROVISIONING_FILE: provisioning(config),
     }

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
@@ -55,7 +56,11 @@ OTHER = BundleConfig(
 
 
 def rendered(config: BundleConfig) -> dict[str, dict[str, Any]]:
-    return {path: json.loads(text) for path, text in board.render(config).items()}
+    return {
+        path: json.loads(text)
+        for path, text in board.render(config).items()
+        if path.endswith(".json")
+    }
 
 
 DEFAULT = rendered(BundleConfig())
@@ -78,15 +83,21 @@ def _dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
     return RENDERINGS[name][path]
 
 
-def test_committed_json_is_a_fresh_render() -> None:
-    committed = {
-        f"dashboards/{path.name}": path.read_text(encoding="utf-8")
-        for path in DASHBOARDS_DIR.glob("*.json")
-    }
+def test_committed_files_are_a_fresh_render() -> None:
     fresh = board.render(BundleConfig())
-    assert set(committed) == set(fresh)
+    committed = {f"dashboards/{path.name}" for path in DASHBOARDS_DIR.glob("*.json")}
+    assert committed == {path for path in fresh if path.endswith(".json")}
     for path, text in fresh.items():
-        assert committed[path] == text, f"{path} is stale: run python -m monitoring"
+        on_disk = (REPO / path).read_text(encoding="utf-8")
+        assert on_disk == text, f"{path} is stale: run python -m monitoring"
+
+
+def test_the_provisioning_file_puts_the_dashboards_in_the_configured_folder() -> None:
+    for folder in ("LemonData", "AI: tasks"):
+        text = board.render(BundleConfig(grafana_folder=folder))[board.PROVISIONING_FILE]
+        [provider] = yaml.safe_load(text)["providers"]
+        assert provider["folder"] == folder
+        assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
 def test_the_old_generator_is_gone() -> None:

@@ -230,6 +230,7 @@ def _targets(config_name: str) -> list[tuple[str, dict[str, Any], dict[str, Any]
     return [
         (path, panel, target)
         for path, text in files.items()
+        if path.endswith(".json")
         for panel in panels(json.loads(text))
         for target in panel["targets"]
     ]
