@@ -229,7 +229,13 @@ def steps(*pairs: tuple[str, float | None]) -> dash.ThresholdsConfig:
     return (
         dash.ThresholdsConfig()
         .mode(model.ThresholdsMode.ABSOLUTE)
-        .steps([model.Threshold(color=color, value=value) for color, value in pairs])
+        .steps(
+            [
+                # rounded: 1 - 0.99 is 0.010000000000000009 in binary floating point
+                model.Threshold(color=color, value=None if value is None else round(value, 9))
+                for color, value in pairs
+            ]
+        )
     )
 
 

@@ -399,3 +399,10 @@ def test_threshold_defaults_are_the_rules_defaults() -> None:
     for name, default in board.THRESHOLD_DEFAULTS.items():
         assert rules.THRESHOLDS[name][0] == default, name
     assert {w.factor for w in rules.BURN_WINDOWS} >= {board.FAST_BURN, board.SLOW_BURN}
+
+
+def test_each_dashboard_fits_a_client_side_kubectl_apply() -> None:
+    """`kubectl apply` keeps a copy in an annotation limited to 256 KiB per object."""
+    for rendering in (BundleConfig(), OTHER):
+        for path, text in board.render(rendering).items():
+            assert len(text.encode()) < 200 * 1024, path
