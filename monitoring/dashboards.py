@@ -52,6 +52,7 @@ PROVISIONING_FILE = "grafana/provisioning/dashboards/dashboards.yml"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 GRAFANA = model.DataSourceRef(type_val="grafana", uid="-- Grafana --")
 PER_MINUTE = "suffix: /min"
+TIMES = "suffix:x"  # a burn rate: times the rate that spends exactly the budget
 NO_DATA = "no data"
 
 # Recorded by the bundle's rules (monitoring/rules.py): store-wide totals per
@@ -699,7 +700,7 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
                 "over several windows: 1 spends exactly the budget in the SLO window. The "
                 f"lines at {SLOW_BURN:g} and {FAST_BURN:g} are where the multi-window "
                 "burn-rate alerts ticket and page.",
-                "x",
+                TIMES,
                 refs(
                     *(
                         (
@@ -739,7 +740,7 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
             columns={
                 "model": ("Model", "none"),
                 **{
-                    f"Value #{chr(ord('A') + i)}": (f"{kind} {w}", "x")
+                    f"Value #{chr(ord('A') + i)}": (f"{kind} {w}", TIMES)
                     for i, (kind, w) in enumerate(
                         (kind, w) for kind in ("Availability", "Latency") for w in burn_windows
                     )
