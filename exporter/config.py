@@ -349,10 +349,43 @@ DEFAULT_FAILURE_REASONS = (
 )
 
 
+# Label names the exporter's own series use, and those Prometheus sets on a
+# scrape: a static label may not take one (tests/unit/test_static_labels.py
+# checks the list against what the exporter serves).
+RESERVED_LABELS = frozenset(
+    {
+        "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
+        "state", "status", "version", "job", "instance",
+        # the Python runtime's collectors
+        "generation", "implementation", "major", "minor", "patchlevel",
+    }
+)  # fmt: skip
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_STATIC_LABELS = 16
+
+
+def _static_labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_STATIC_LABELS:
+        raise ValueError(f"at most {MAX_STATIC_LABELS} labels")
+    for name, label_value in value.items():
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ValueError(
+                f"{name!r} is not a label name (letters, digits and _, not starting with "
+                "a digit or __)"
+            )
+        if name in RESERVED_LABELS:
+            raise ValueError(f"{name!r} is a label the exporter or Prometheus sets; choose another")
+        if not label_value or len(label_value) > 256:
+            raise ValueError(f"the value of {name!r} must be 1 to 256 characters")
+    return value
+
+
 class MetricsConfig(_Section):
     duration_buckets: list[PositiveSeconds] = list(DEFAULT_DURATION_BUCKETS)
     pending_buckets: list[PositiveSeconds] = list(DEFAULT_PENDING_BUCKETS)
     max_models: int = Field(default=50, ge=1, le=1000)
+    # Labels on every series served, e.g. {env: prod, region: eu-west-1}.
+    static_labels: Annotated[dict[str, str], AfterValidator(_static_labels)] = {}
 
     @field_validator("duration_buckets", "pending_buckets")
     @classmethod
