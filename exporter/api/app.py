@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +24,7 @@ from pydantic import SecretStr
 
 from exporter.api.auth import TOKEN_ENV, BearerCheck
 from exporter.api.openapi import PREFIX, openapi_document
+from exporter.api.schema import detail_json, task_json
 from exporter.api.validation import (
     SOURCE,
     ApiError,
@@ -34,8 +34,7 @@ from exporter.api.validation import (
     task_id_from_path,
 )
 from exporter.intake import LIMIT_SETTING, RegistrationRecorder, TaskIntake, register_tasks
-from exporter.model import Task
-from exporter.store.base import TaskEvent, TaskStore
+from exporter.store.base import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class TaskApi:
         tasks = self.store.list_tasks(
             status=query.status, model=query.model, after=query.cursor, limit=query.limit + 1
         )
-        page: dict[str, Any] = {"tasks": [_task_json(task) for task in tasks[: query.limit]]}
+        page: dict[str, Any] = {"tasks": [task_json(task) for task in tasks[: query.limit]]}
         if len(tasks) > query.limit:
             page["next_cursor"] = tasks[query.limit - 1].task_id
         return _json(200, page)
@@ -221,10 +220,7 @@ class TaskApi:
         task = self.store.get(task_id) if task_id is not None else None
         if task is None:
             raise ApiError(404, "not_found", "no task with this ID is tracked")
-        detail = _task_json(task)
-        detail["error_message"] = task.error_message
-        detail["history"] = [_event_json(event) for event in self.store.events(task.task_id)]
-        return _json(200, detail)
+        return _json(200, detail_json(task, self.store.events(task.task_id)))
 
     def _delete(self, task_id: str | None) -> tuple[int, Headers, bytes]:
         if task_id is None or not self.store.remove(task_id):
@@ -259,41 +255,6 @@ def _drain(environ: dict[str, Any], length: int | None = None) -> None:
         if not chunk:
             return
         length -= len(chunk)
-
-
-def _number(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _task_json(task: Task) -> dict[str, Any]:
-    finished = task.finished_at is not None
-    return {
-        "task_id": task.task_id,
-        "source": task.source,
-        "model": task.model,
-        "poll_url": task.poll_url,
-        "status": task.status.value,
-        "discovered_at": _number(task.discovered_at) or 0.0,
-        "next_poll_at": None if finished else _number(task.next_poll_at),
-        "created": _number(task.created),
-        "first_seen": _number(task.first_seen),
-        "last_polled": _number(task.last_polled),
-        "processing_seen": _number(task.processing_seen),
-        "finished_at": _number(task.finished_at),
-        "duration_seconds": _number(task.duration_seconds),
-        "attempts": task.attempts,
-        "consecutive_errors": task.consecutive_errors,
-        "reason": task.reason,
-        "last_error": task.last_error,
-    }
-
-
-def _event_json(event: TaskEvent) -> dict[str, Any]:
-    return {
-        "at": _number(event.at) or 0.0,
-        "status": event.status.value,
-        "previous": event.previous.value,
-    }
 
 
 def _encode(payload: Any) -> bytes:
