@@ -380,13 +380,18 @@ class Recorder:
                 counts = {}
         self._count(counts)
         if finish.duration is not None:
-            self.duration.labels(label, finish.status.value).observe(finish.duration)
-            if not finish.exact and finish.uncertainty is not None:
-                self.uncertainty.observe(finish.uncertainty)
-            if seen_at is not None:
-                delay = detection_delay(finish, update.created, seen_at)
-                if delay is not None:
-                    self.detection.observe(max(0.0, delay))
+            self._observe_duration(label, finish, update.created, seen_at)
+
+    def _observe_duration(
+        self, label: str, finish: Finish, created: float | None, seen_at: float | None
+    ) -> None:
+        assert finish.duration is not None
+        self.duration.labels(label, finish.status.value).observe(finish.duration)
+        if not finish.exact and finish.uncertainty is not None:
+            self.uncertainty.observe(finish.uncertainty)
+        delay = detection_delay(finish, created, seen_at) if seen_at is not None else None
+        if delay is not None:
+            self.detection.observe(max(0.0, delay))
 
     def allowed_rate(self, rps: float) -> None:
         self.allowed_rps.set(rps)
