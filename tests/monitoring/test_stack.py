@@ -14,7 +14,9 @@ Everything runs on loopback, on free ports, in a temporary folder:
   `for:` durations and the range windows are shortened (`shorten_rules`), so the
   rule logic under test is the shipped one.
 
-The tests run in file order on one stack and together take about three minutes.
+Every rule loads and evaluates, every dashboard query runs, and nothing fires
+while tasks flow normally. The alert scenarios (faults, firing and resolving,
+inhibition) are in test_alert_scenarios.py.
 """
 
 from __future__ import annotations
@@ -565,64 +567,3 @@ def test_no_alert_while_tasks_flow_normally(stack: Stack) -> None:
     pending = [a["labels"]["alertname"] for a in stack.prometheus_alerts("pending")]
     assert not firing and not pending, (firing, pending)
     assert not stack.webhook.names()
-
-
-def _notified(stack: Stack, alertname: str, status: str, timeout: float) -> Notification:
-    return wait_until(
-        lambda: stack.webhook.received(alertname, status),
-        timeout,
-        lambda: (
-            f"{alertname} {status} at the webhook; firing in Prometheus: "
-            f"{sorted(a['labels']['alertname'] for a in stack.prometheus_alerts())}; "
-            f"notified: {sorted(stack.webhook.names())}\n{stack.log_tails()}"
-        ),
-    )[0]
-
-
-def test_rejected_key_alerts_and_resolves(stack: Stack) -> None:
-    stack.set_faults({"unauthorized": 1.0})
-    try:
-        wait_until(lambda: stack.firing("LemonDataAPIKeyRejected"), 60, "KeyRejected firing")
-        note = _notified(stack, "LemonDataAPIKeyRejected", "firing", 30)
-        assert note.receiver_path == "/critical"
-        assert note.labels["severity"] == "critical"
-        assert note.labels["job"] == "lemondata-exporter"
-        assert note.annotations["runbook_url"].endswith("#lemondataapikeyrejected")
-        # the API looks down as well, but Alertmanager reports the cause only
-        wait_until(lambda: stack.firing("LemonDataAPIDown"), 60, "APIDown firing")
-        time.sleep(3)
-        assert not stack.webhook.received("LemonDataAPIDown", "firing"), "not inhibited"
-    finally:
-        stack.set_faults({})
-    _notified(stack, "LemonDataAPIKeyRejected", "resolved", 60)
-    wait_until(lambda: not stack.firing("LemonDataAPIKeyRejected"), 30, "KeyRejected to end")
-    assert not stack.webhook.received("LemonDataAPIDown", "firing")
-
-
-def test_server_errors_alert_and_resolve(stack: Stack) -> None:
-    stack.set_faults({"http_503": 1.0})
-    try:
-        note = _notified(stack, "LemonDataAPIDown", "firing", 90)
-        assert note.receiver_path == "/critical"
-        assert note.annotations["summary"].startswith("The LemonData API is unreachable from")
-    finally:
-        stack.set_faults({})
-    _notified(stack, "LemonDataAPIDown", "resolved", 60)
-
-
-def test_failing_tasks_alert_and_resolve(stack: Stack) -> None:
-    stack.feeder.failing_model = "flux-pro"
-    try:
-        burst = _notified(stack, "LemonDataTaskFailureBurst", "firing", 90)
-        assert burst.receiver_path == "/warning"
-        assert burst.labels["model"] == "flux-pro"
-        assert burst.labels["reason"] == "content_policy"
-        ratio = _notified(stack, "LemonDataTaskFailureRatioHigh", "firing", 90)
-        assert ratio.labels["model"] == "flux-pro"
-        assert ratio.labels["severity"] == "warning"
-        others = stack.firing("LemonDataTaskFailureRatioHigh")
-        assert {a["labels"]["model"] for a in others} == {"flux-pro"}
-    finally:
-        stack.feeder.failing_model = None
-    _notified(stack, "LemonDataTaskFailureRatioHigh", "resolved", 90)
-    _notified(stack, "LemonDataTaskFailureBurst", "resolved", 60)
