@@ -31,8 +31,10 @@ Renderer = Callable[[BundleConfig], dict[str, str]]
 def dashboards_renderer() -> Renderer | None:
     """The dashboards' `render`, when monitoring/dashboards.py provides one."""
     try:
-        from monitoring import dashboards  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
+        from monitoring import dashboards
+    except ModuleNotFoundError as exc:
+        if exc.name != "monitoring.dashboards":
+            raise  # a dependency of the dashboards is missing: say so
         return None
     render: Renderer | None = getattr(dashboards, "render", None)
     return render
