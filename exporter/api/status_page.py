@@ -21,6 +21,7 @@ from typing import Any
 from exporter import __version__
 from exporter.model import FINISHED_STATUSES, Status, Task
 from exporter.store.base import TaskStore
+from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ class StatusPage:
             )
         try:
             body = render(self.store, self._clock()).encode("utf-8", errors="replace")
+        except StoreUnavailable as exc:  # the guard has logged it
+            return _plain(start_response, "503 Service Unavailable", f"the task store fails: {exc}")
         except Exception:
             log.exception("status page: cannot render")
             return _plain(start_response, "500 Internal Server Error", "cannot render the page")

@@ -389,6 +389,15 @@ class RedisTaskStore:
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def check(self) -> None:
+        """Nothing to check locally: Redis answers for itself (see `probe`)."""
+
+    def probe(self) -> None:
+        """One small write and a read: whether Redis takes writes again (it refuses
+        them when it hits maxmemory or cannot persist)."""
+        self.client.set(self._key("probe"), _text(time.time()), ex=60)
+        self.client.hgetall(self._key("count"))
+
     def reports_store_gauges(self) -> bool:
         """One replica at a time holds a lease to export the store-wide gauges."""
         ttl_ms = max(1000, int(self.lease_seconds * 1000))

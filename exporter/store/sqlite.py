@@ -7,6 +7,7 @@ and with it its metric observation, happens once even if two pollers race.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,6 +55,10 @@ CREATE TABLE IF NOT EXISTS task_events (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS store_probe (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_stats (
     model TEXT PRIMARY KEY,
     stats TEXT NOT NULL
@@ -133,15 +138,33 @@ class StoreError(Exception):
     """The store file cannot be opened or used."""
 
 
+class FileReplaced(StoreError):
+    """The store's file is not the one it opened: deleted, moved or replaced."""
+
+
+_DAMAGED_ADVICE = (
+    "stop the exporter, then restore the file from a backup, or move it (and its -wal and "
+    "-shm files) aside to start with an empty store (the tasks it tracked are forgotten)"
+)
+
+
 class SqliteTaskStore:
     """Thread-safe: one connection, one lock; every write is one transaction."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, integrity_check: bool = True) -> None:
         self.path = str(path)
-        try:
-            if self.path != ":memory:":
+        if self.path != ":memory:":
+            try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder of the task store {self.path}: "
+                    f"{exc.strerror or exc}; choose a writable store.path"
+                ) from None
+        try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if integrity_check:
+                _quick_check(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -155,9 +178,53 @@ class SqliteTaskStore:
             self._db.execute(_FINISH_TOTALS)
             self._db.execute(_PROCESSING_INDEX)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                raise StoreError(
+                    f"the task store {self.path} is damaged ({exc}); {_DAMAGED_ADVICE}"
+                ) from None
+            raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
+        self._identity = self._file_identity()
         self._lock = threading.Lock()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (found.st_dev, found.st_ino)
+
+    def check(self) -> None:
+        """FileReplaced if the file at `path` is not the one this store opened.
+
+        A deleted file stays writable through the open connection, and a replaced
+        one is not where the writes go: either way, what is written from now on
+        would be gone at the next start. A stat call: cheap enough for every write."""
+        if self._identity is None:
+            return
+        found = self._file_identity()
+        if found == self._identity:
+            return
+        what = "deleted" if found == (-1, -1) else "replaced by another file"
+        raise FileReplaced(
+            f"the task store {self.path} was {what} while the exporter ran; nothing more is "
+            "stored, as it would be lost: restart the exporter (it opens whatever file is "
+            "at that path then, or starts an empty one)"
+        )
+
+    def probe(self) -> None:
+        """One small write and a read: whether the store takes writes again."""
+        self.check()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO store_probe (id, at) VALUES (1, julianday('now'))"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+            )
+        self.count_by_status()
 
     def reports_store_gauges(self) -> bool:
         return True  # a SQLite file belongs to one agent
@@ -484,6 +551,16 @@ def _add_status_counts(db: sqlite3.Connection) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _quick_check(db: sqlite3.Connection, path: str) -> None:
+    """StoreError naming the file and what to do if SQLite finds it damaged."""
+    rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        found = "; ".join(str(row) for row in rows)[:500]
+        raise StoreError(
+            f"the task store {path} is damaged (quick_check: {found}); {_DAMAGED_ADVICE}"
+        )
 
 
 def _task(row: tuple[Any, ...]) -> Task:
