@@ -188,7 +188,7 @@ class StoreGuard:
         )
 
     def _run(self, op: str, call: Callable[[], T]) -> T:
-        if self._fatal and op in _WRITES:  # reads still see what the old file held
+        if self._fatal:  # SQLite fails reads of a deleted file too ("disk I/O error")
             self._errors.labels(op).inc()
             raise StoreUnavailable(self._reason or "the task store is unusable")
         inner = self.inner

@@ -201,6 +201,7 @@ def test_deleted_store_is_noticed_and_nothing_more_is_acknowledged(
         # It does not heal by itself: the writes would go to a file nobody can open.
         assert register(exporter, new_ids(5)).status_code == 503
         assert len([line for line in store_log_lines(exporter) if "deleted" in line]) == 1
+        assert "Traceback" not in exporter.log_text()
     finally:
         exporter.terminate()
     # Restarted, it opens a new store at the path and takes tasks again.

@@ -77,7 +77,7 @@ def test_failures_are_counted_logged_once_and_heal_by_probe(
     assert guard.add([DiscoveredTask("y", "api")], 1.0)
 
 
-def test_deleted_file_refuses_writes_for_good_reads_go_on(tmp_path: Path) -> None:
+def test_deleted_file_refuses_everything_until_a_restart(tmp_path: Path) -> None:
     registry, clock = CollectorRegistry(), Clock()
     path = tmp_path / "s.db"
     guard = StoreGuard(SqliteTaskStore(path), registry, clock=clock)
@@ -89,7 +89,8 @@ def test_deleted_file_refuses_writes_for_good_reads_go_on(tmp_path: Path) -> Non
     assert guard.problem() is not None and "deleted" in (guard.problem() or "")
     with pytest.raises(StoreUnavailable):
         guard.remove("a")
-    assert guard.get("a") is not None  # what the open file holds can still be shown
+    with pytest.raises(StoreUnavailable, match="deleted"):
+        guard.get("a")
 
 
 def test_replaced_file_is_noticed(tmp_path: Path) -> None:
