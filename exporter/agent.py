@@ -23,6 +23,7 @@ from exporter.discovery.static import StaticSource
 from exporter.intake import TaskIntake
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import Recorder
+from exporter.metrics.static_labels import serving_registry
 from exporter.metrics.store_totals import StoreTotalsCollector
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.poller.cycle import PollCycle
@@ -326,7 +327,11 @@ def serve(
     if apis.token is not None:
         agent.recorder.add_sources([API_SOURCE])
         agent.intake.add_sources([API_SOURCE])
-    app = build_app(agent.registry, agent, apis.mounts(agent.store, agent.recorder, agent.intake))
+    app = build_app(
+        serving_registry(agent.registry, config.metrics.static_labels),
+        agent,
+        apis.mounts(agent.store, agent.recorder, agent.intake),
+    )
     if web_security is not None:
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())

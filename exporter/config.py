@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from exporter.config_env import merge, origin_of, read_environment
 from exporter.model import valid_task_id
 from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
 
@@ -348,10 +349,43 @@ DEFAULT_FAILURE_REASONS = (
 )
 
 
+# Label names the exporter's own series use, and those Prometheus sets on a
+# scrape: a static label may not take one (tests/unit/test_static_labels.py
+# checks the list against what the exporter serves).
+RESERVED_LABELS = frozenset(
+    {
+        "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
+        "state", "status", "version", "job", "instance",
+        # the Python runtime's collectors
+        "generation", "implementation", "major", "minor", "patchlevel",
+    }
+)  # fmt: skip
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_STATIC_LABELS = 16
+
+
+def _static_labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_STATIC_LABELS:
+        raise ValueError(f"at most {MAX_STATIC_LABELS} labels")
+    for name, label_value in value.items():
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ValueError(
+                f"{name!r} is not a label name (letters, digits and _, not starting with "
+                "a digit or __)"
+            )
+        if name in RESERVED_LABELS:
+            raise ValueError(f"{name!r} is a label the exporter or Prometheus sets; choose another")
+        if not label_value or len(label_value) > 256:
+            raise ValueError(f"the value of {name!r} must be 1 to 256 characters")
+    return value
+
+
 class MetricsConfig(_Section):
     duration_buckets: list[PositiveSeconds] = list(DEFAULT_DURATION_BUCKETS)
     pending_buckets: list[PositiveSeconds] = list(DEFAULT_PENDING_BUCKETS)
     max_models: int = Field(default=50, ge=1, le=1000)
+    # Labels on every series served, e.g. {env: prod, region: eu-west-1}.
+    static_labels: Annotated[dict[str, str], AfterValidator(_static_labels)] = {}
 
     @field_validator("duration_buckets", "pending_buckets")
     @classmethod
@@ -544,12 +578,20 @@ def _error_message(root: type[BaseModel], error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def validation_problems(exc: ValidationError, root: type[BaseModel], source: str) -> list[str]:
-    """One `FILE: FIELD: problem` line per error in `exc` (validating `root`)."""
-    return [
-        problem_line(source, _field_path(error["loc"]), _error_message(root, error))
-        for error in exc.errors(include_url=False, include_context=False)
-    ]
+def validation_problems(
+    exc: ValidationError,
+    root: type[BaseModel],
+    source: str,
+    origins: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One `FILE: FIELD: problem` line per error in `exc` (validating `root`); a field
+    set by an environment variable names the variable (`origins`) instead of the file."""
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False):
+        field = _field_path(error["loc"])
+        where = origin_of(field, origins or {}, source)
+        lines.append(problem_line(where, field, _error_message(root, error)))
+    return lines
 
 
 def yaml_problem(exc: yaml.YAMLError, source: str) -> str:
@@ -623,6 +665,8 @@ class ConfigReport:
 
     source: str
     config: Config | None = None
+    # Field paths set by environment variables, and which (`$NAME`).
+    origins: dict[str, str] = default_factory(default_factory=dict)
     problems: list[str] = default_factory(default_factory=list)  # `run` would refuse these
     warnings: list[str] = default_factory(default_factory=list)
     # Every top-level section that is valid on its own, even when others are not,
@@ -630,22 +674,31 @@ class ConfigReport:
     sections: dict[str, Any] = default_factory(default_factory=dict)
 
 
-def check_config_data(data: Any, source: str) -> ConfigReport:
-    """Validate already-parsed YAML; never raises."""
+def check_config_data(
+    data: Any, source: str, environ: Mapping[str, str] | None = None
+) -> ConfigReport:
+    """Validate already-parsed YAML, with the settings in `environ` (see config_env)
+    applied over it; never raises."""
     report = ConfigReport(source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         report.problems.append(f"{source}: the top level must be a mapping of sections")
         return report
+    if environ is not None:
+        settings = read_environment(environ, Config)
+        report.problems += [f"${name}: {problem}" for name, problem in settings.problems]
+        report.origins = settings.origins
+        data = merge(data, settings.values)
     try:
         report.config = Config.model_validate(data)
         report.sections = {name: getattr(report.config, name) for name in Config.model_fields}
     except ValidationError as exc:
-        report.problems += validation_problems(exc, Config, source)
+        report.problems += validation_problems(exc, Config, source, report.origins)
         report.sections = _valid_sections(data, exc)
     for finding in contradictions(report.sections):
-        (report.warnings if finding.warning else report.problems).append(finding.line(source))
+        line = finding.line(origin_of(finding.field, report.origins, source))
+        (report.warnings if finding.warning else report.problems).append(line)
     if report.problems:
         report.config = None
     return report
@@ -674,8 +727,11 @@ def _valid_sections(data: dict[str, Any], exc: ValidationError) -> dict[str, Any
     return sections
 
 
-def check_config_file(path: Path | str) -> ConfigReport:
-    """Read, parse and validate a config file; never raises."""
+def check_config_file(
+    path: Path | str, environ: Mapping[str, str] | None = os.environ
+) -> ConfigReport:
+    """Read, parse and validate a config file, with the environment's settings over it
+    (`environ=None`: the file alone); never raises."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -689,7 +745,7 @@ def check_config_file(path: Path | str) -> ConfigReport:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return ConfigReport(source, problems=[yaml_problem(exc, source)])
-    return check_config_data(data, source)
+    return check_config_data(data, source, environ)
 
 
 def parse_config(data: Any, source: str) -> Config:
@@ -700,9 +756,10 @@ def parse_config(data: Any, source: str) -> Config:
     return report.config
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a config file; raises ConfigError naming every problem."""
-    report = check_config_file(path)
+def load_config(path: Path | str, environ: Mapping[str, str] | None = os.environ) -> Config:
+    """Read and validate a config file (and the environment's settings); raises
+    ConfigError naming every problem."""
+    report = check_config_file(path, environ)
     if report.config is None:
         raise ConfigError(report.problems)
     return report.config

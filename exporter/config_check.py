@@ -10,6 +10,7 @@ problem. Nothing here ever prints a secret.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from exporter.config import (
     read_api_key,
     world_readable,
 )
+from exporter.config_env import changed_settings, origin_of
 
 REDIS_CHECK_TIMEOUT_SECONDS = 3.0
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -63,7 +65,8 @@ def check_everything(
     if isinstance(discovery, DiscoveryConfig):
         found += _discovery_findings(discovery, store if isinstance(store, StoreConfig) else None)
     for finding in found:
-        (result.warnings if finding.warning else result.problems).append(finding.line(config_file))
+        line = finding.line(origin_of(finding.field, report.origins, config_file))
+        (result.warnings if finding.warning else result.problems).append(line)
     web_summary = "no TLS, no basic auth"
     if web_config_file is not None:
         from exporter.web.security import load_web_security
@@ -75,6 +78,7 @@ def check_everything(
             result.problems += exc.problems
     if report.config is not None and not result.problems:
         result.summary = _summary(report.config, env, listen_address, web_summary)
+        result.summary += _provenance(report.config, report.origins, config_file)
     return result
 
 
@@ -271,6 +275,23 @@ def _summary(
         else f"task API: off (set ${TOKEN_ENV} or api_server.token_file to turn it on)"
     )
     lines.append(f"web: {listen_address}: /metrics, / and the status page /status; {web_summary}")
+    return lines
+
+
+def _provenance(config: Config, origins: Mapping[str, str], config_file: str) -> list[str]:
+    """Each setting not at its default, and whether the file or a variable set it."""
+    changed = changed_settings(config, Config())
+    if not changed:
+        return ["settings: all defaults"]
+    lines = ["settings not at their defaults:"]
+    for path, value in changed:
+        if isinstance(value, list):
+            shown = f"{len(value)} item(s)"
+        elif path.endswith("redis_url"):
+            shown = _redacted(value)
+        else:
+            shown = json.dumps(value)
+        lines.append(f"  {path} = {shown} (from {origin_of(path, origins, config_file)})")
     return lines
 
 

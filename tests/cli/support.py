@@ -16,8 +16,12 @@ TOKEN_ENV = "LEMONDATA_EXPORTER_TOKEN"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any key or token, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, TOKEN_ENV)}
+    """The environment without any key, token or setting, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != KEY_ENV and not k.startswith("LEMONDATA_EXPORTER_")
+    }
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env

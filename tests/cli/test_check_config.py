@@ -143,6 +143,11 @@ def test_no_api_key_is_a_warning_and_the_summary_lists_every_source(tmp_path: Pa
         "  proxy: on 127.0.0.1:9849, forwarding to https://api.lemondata.cc",
         "  task API: on at /api/v1/ (token from $LEMONDATA_EXPORTER_TOKEN)",
         "  web: :9847: /metrics, / and the status page /status; no TLS, no basic auth",
+        "  settings not at their defaults:",
+        f'    store.path = "{tmp_path}/store.db" (from {path})',
+        f"    discovery.files = 1 item(s) (from {path})",
+        f"    proxy.enabled = true (from {path})",
+        f'    proxy.listen_address = "127.0.0.1:9849" (from {path})',
     ]
     # An unreachable Redis is a problem: `run` could not start.
     result = check_config(tmp_path, config, **{KEY_ENV: KEY})

@@ -81,7 +81,12 @@ class ExporterProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if k != "LEMONDATA_API_KEY"}
+        # Settings come from `config` (and what a test adds to env), not the caller's shell.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k != "LEMONDATA_API_KEY" and not k.startswith("LEMONDATA_EXPORTER_")
+        }
         if api_key is not None:
             self.env["LEMONDATA_API_KEY"] = api_key
         self.log_path = workdir / "exporter.log"
