@@ -72,7 +72,9 @@ from exporter.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
-PRUNE_BATCH = 1000
+# Tasks per prune script: Redis runs one script at a time, so a batch must be
+# short (a few ms) for scrapes and polls of every replica not to wait on it.
+PRUNE_BATCH = 200
 _ACTIVE = {status.value for status in ACTIVE_STATUSES}
 
 # Shared Lua helpers: the index keys of a task, kept in step by every script.
@@ -861,7 +863,7 @@ class RedisTaskStore:
         """Write whole tasks (with their history) as the scripts would have left
         them: the conversion of an older layout, and seeding a benchmark. Tasks
         already in the store are left alone. Returns how many were written."""
-        written = 0
+        pipe = self.client.pipeline(transaction=False)
         for task, history in tasks:
             finished = task.finished_at is not None
             fields = {
@@ -882,8 +884,8 @@ class RedisTaskStore:
             ]
             for name, value in fields.items():
                 args += [FIELDS[name], value]
-            written += int(cast(int, self._restore(args=args)))
-        return written
+            self._restore(args=args, client=pipe)
+        return sum(int(n) for n in pipe.execute())
 
     @property
     def _restore(self) -> Any:

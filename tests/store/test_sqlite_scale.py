@@ -20,6 +20,7 @@ from exporter.api.status_page import StatusPage
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.model import FINISHED_STATUSES, DiscoveredTask, Finish, Status, Task, TaskUpdate
 from exporter.store.base import FinishLabels
+from exporter.store import sqlite as sqlite_store
 from exporter.store.sqlite import SqliteTaskStore
 from tests.api.support import call
 
@@ -136,7 +137,10 @@ def test_summaries_and_models_match_a_full_scan(seeded: SqliteTaskStore) -> None
     assert seeded.count_by_status() == dict(counts)
 
 
-def test_batch_prune_removes_exactly_what_is_past_retention(tmp_path: Path) -> None:
+def test_batch_prune_removes_exactly_what_is_past_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "PRUNE_ROUND", 400)  # several rounds of reads too
     store = SqliteTaskStore(tmp_path / "store.db")
     seed(store, 3000, random.Random(9))
     before = everything(store)
