@@ -27,9 +27,10 @@ def test_amtool_check_config() -> None:
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
-        (["alertname=LemonDataAPIDown", "severity=critical"], "lemondata-critical"),
-        (["alertname=LemonDataPollLagHigh", "severity=warning"], "lemondata-warning"),
-        (["alertname=Other"], "lemondata-warning"),
+        (["alertname=LemonDataAPIDown", "severity=critical"], "lemondata-page"),
+        (["alertname=LemonDataPollLagHigh", "severity=warning"], "lemondata-ticket"),
+        (["alertname=LemonDataUserFailuresHigh", "severity=info"], "lemondata-null"),
+        (["alertname=Other"], "lemondata-ticket"),
     ],
 )
 def test_routing_by_severity(labels: list[str], receiver: str) -> None:
@@ -47,11 +48,33 @@ def test_routing_by_severity(labels: list[str], receiver: str) -> None:
 
 def test_grouping_and_webhooks() -> None:
     config = load_yaml(ALERTMANAGER_CONFIG)
-    assert {"alertname", "model"} <= set(config["route"]["group_by"])
+    assert {"alertname", "cluster", "namespace", "job", "model"} <= set(config["route"]["group_by"])
     for receiver in config["receivers"]:
         hooks = receiver.get("webhook_configs", [])
+        if receiver["name"] == "lemondata-null":
+            assert not hooks, "info alerts must reach no one"
+            continue
         assert hooks, f"{receiver['name']} has no webhook"
         assert all(hook.get("send_resolved") for hook in hooks)
+
+
+def test_the_account_state_inhibits_the_task_alerts_it_causes() -> None:
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    account = [
+        rule
+        for rule in config["inhibit_rules"]
+        if any("LemonDataAPIKeyRejected" in m for m in rule["source_matchers"])
+    ]
+    assert len(account) == 1
+    targets = " ".join(account[0]["target_matchers"])
+    for name in (
+        "LemonDataAPIDown",
+        "LemonDataAvailabilityBudgetBurn",
+        "LemonDataTasksFailingLowVolume",
+        "LemonDataTasksStuckWaiting",
+    ):
+        assert name in targets
+    assert "LemonDataAPIKeyRejected" not in targets
 
 
 def test_inhibition_names_real_alerts() -> None:

@@ -10,11 +10,13 @@ Everything runs on loopback, on free ports, in a temporary folder:
 - a real Alertmanager, started from a copy of alertmanager/alertmanager.yml with
   the webhook URLs pointed here and the group timers shortened;
 - a real Prometheus, started from a copy of prometheus/prometheus.yml (targets
-  and intervals swapped) and copies of the shipped rules in which only the
-  `for:` durations and the range windows are shortened (`shorten_rules`), so the
-  rule logic under test is the shipped one.
+  and intervals swapped) and the rules rendered by the same generator as the
+  shipped ones with only the `for:` durations and the range windows shortened,
+  so the rule logic under test is the shipped one.
 
-The tests run in file order on one stack and together take about three minutes.
+Every rule loads and evaluates, every dashboard query runs, and nothing fires
+while tasks flow normally. The alert scenarios (faults, firing and resolving,
+inhibition) are in test_alert_scenarios.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,8 @@ import pytest
 import requests
 import yaml
 
+from monitoring.config import BundleConfig
+from monitoring.rules import render as render_rules
 from tests.monitoring.support import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
@@ -52,67 +55,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(290)]
 T = TypeVar("T")
 
 # Durations in the test copy of the rules: `for:` and range windows divided by
-# this, so 5m becomes 15s. Windows never go below MIN_WINDOW_SECONDS.
+# this, so 5m becomes 15s (monitoring.rules.render(..., shorten=)).
 SHORTEN_FACTOR = 20
-MIN_WINDOW_SECONDS = 10
 SCRAPE_INTERVAL = "1s"
 TIME_SCALE = 60.0
 API_KEY = "sk-sim"
 IMAGE_MODELS = ("flux-pro", "flux-schnell", "dall-e-3")
 VIDEO_MODELS = ("veo-3",)
 TASKS_PER_SECOND = 3.0
-
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    total = 0
-    for number, unit in re.findall(r"(\d+)([smhd])", text):
-        total += int(number) * UNITS[unit]
-    if not total or re.sub(r"\d+[smhd]", "", text):
-        raise ValueError(f"unsupported duration {text!r}")
-    return total
-
-
-def shorten_duration(text: str, minimum: int) -> str:
-    return f"{max(minimum, parse_duration(text) // SHORTEN_FACTOR)}s"
-
-
-def shorten_rules(document: dict[str, Any]) -> dict[str, Any]:
-    """The same rules with `for:` and `[range]` durations divided by SHORTEN_FACTOR.
-
-    Nothing else changes: names, thresholds, labels and annotations stay as shipped.
-    """
-    for group in document["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                rule["for"] = shorten_duration(rule["for"], 1)
-            rule["expr"] = re.sub(
-                r"\[(\w+)\]",
-                lambda m: f"[{shorten_duration(m.group(1), MIN_WINDOW_SECONDS)}]",
-                rule["expr"],
-            )
-    return document
-
-
-def test_shorten_rules_changes_only_durations() -> None:
-    original = {
-        "groups": [
-            {
-                "name": "g",
-                "rules": [
-                    {"record": "a:b:rate5m", "expr": "sum by (x) (rate(m_total[5m])) > 300"},
-                    {"alert": "A", "expr": "increase(m_total[10m]) > 0", "for": "15m"},
-                    {"alert": "B", "expr": "up == 0", "for": "1m"},
-                ],
-            }
-        ]
-    }
-    rules = shorten_rules(json.loads(json.dumps(original)))["groups"][0]["rules"]
-    assert rules[0] == {"record": "a:b:rate5m", "expr": "sum by (x) (rate(m_total[15s])) > 300"}
-    assert rules[1] == {"alert": "A", "expr": "increase(m_total[30s]) > 0", "for": "45s"}
-    assert rules[2] == {"alert": "B", "expr": "up == 0", "for": "3s"}
-
 
 # ---- small servers and helpers ---------------------------------------------------------
 
@@ -316,9 +266,8 @@ def write_prometheus_config(
             static["targets"] = local(static["targets"])
     rules_dir = folder / "rules"
     rules_dir.mkdir()
-    for path in rule_files():
-        document = shorten_rules(load_yaml(path))
-        (rules_dir / path.name).write_text(yaml.safe_dump(document, sort_keys=False), "utf-8")
+    for relative, text in render_rules(BundleConfig(), shorten=SHORTEN_FACTOR).items():
+        (rules_dir / Path(relative).name).write_text(text, "utf-8")
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return config_path
@@ -494,64 +443,3 @@ def test_no_alert_while_tasks_flow_normally(stack: Stack) -> None:
     pending = [a["labels"]["alertname"] for a in stack.prometheus_alerts("pending")]
     assert not firing and not pending, (firing, pending)
     assert not stack.webhook.names()
-
-
-def _notified(stack: Stack, alertname: str, status: str, timeout: float) -> Notification:
-    return wait_until(
-        lambda: stack.webhook.received(alertname, status),
-        timeout,
-        lambda: (
-            f"{alertname} {status} at the webhook; firing in Prometheus: "
-            f"{sorted(a['labels']['alertname'] for a in stack.prometheus_alerts())}; "
-            f"notified: {sorted(stack.webhook.names())}\n{stack.log_tails()}"
-        ),
-    )[0]
-
-
-def test_rejected_key_alerts_and_resolves(stack: Stack) -> None:
-    stack.set_faults({"unauthorized": 1.0})
-    try:
-        wait_until(lambda: stack.firing("LemonDataAPIKeyRejected"), 60, "KeyRejected firing")
-        note = _notified(stack, "LemonDataAPIKeyRejected", "firing", 30)
-        assert note.receiver_path == "/critical"
-        assert note.labels["severity"] == "critical"
-        assert note.labels["job"] == "lemondata-exporter"
-        assert note.annotations["runbook_url"].endswith("#lemondataapikeyrejected")
-        # the API looks down as well, but Alertmanager reports the cause only
-        wait_until(lambda: stack.firing("LemonDataAPIDown"), 60, "APIDown firing")
-        time.sleep(3)
-        assert not stack.webhook.received("LemonDataAPIDown", "firing"), "not inhibited"
-    finally:
-        stack.set_faults({})
-    _notified(stack, "LemonDataAPIKeyRejected", "resolved", 60)
-    wait_until(lambda: not stack.firing("LemonDataAPIKeyRejected"), 30, "KeyRejected to end")
-    assert not stack.webhook.received("LemonDataAPIDown", "firing")
-
-
-def test_server_errors_alert_and_resolve(stack: Stack) -> None:
-    stack.set_faults({"http_503": 1.0})
-    try:
-        note = _notified(stack, "LemonDataAPIDown", "firing", 90)
-        assert note.receiver_path == "/critical"
-        assert note.annotations["summary"].startswith("The LemonData API is unreachable from")
-    finally:
-        stack.set_faults({})
-    _notified(stack, "LemonDataAPIDown", "resolved", 60)
-
-
-def test_failing_tasks_alert_and_resolve(stack: Stack) -> None:
-    stack.feeder.failing_model = "flux-pro"
-    try:
-        burst = _notified(stack, "LemonDataTaskFailureBurst", "firing", 90)
-        assert burst.receiver_path == "/warning"
-        assert burst.labels["model"] == "flux-pro"
-        assert burst.labels["reason"] == "content_policy"
-        ratio = _notified(stack, "LemonDataTaskFailureRatioHigh", "firing", 90)
-        assert ratio.labels["model"] == "flux-pro"
-        assert ratio.labels["severity"] == "warning"
-        others = stack.firing("LemonDataTaskFailureRatioHigh")
-        assert {a["labels"]["model"] for a in others} == {"flux-pro"}
-    finally:
-        stack.feeder.failing_model = None
-    _notified(stack, "LemonDataTaskFailureRatioHigh", "resolved", 90)
-    _notified(stack, "LemonDataTaskFailureBurst", "resolved", 60)
