@@ -326,8 +326,11 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
         path = workdir / "store.db"
         seed_sqlite(path, args.tasks - args.unfinished, unfinished, now)
         size = path.stat().st_size
-        print(f"sqlite: seeded {args.tasks} tasks in {time.monotonic() - started:.0f} s, "
-              f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task)", flush=True)  # fmt: skip
+        print(
+            f"sqlite: seeded {args.tasks} tasks in {time.monotonic() - started:.0f} s, "
+            f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task)",
+            flush=True,
+        )
         deep_after = sorted(t.task_id for t in unfinished)[len(unfinished) // 2]
         # -- at rest
         exporter = exporter_on(workdir / "rest", path, sim.url, 2 * DAY)
@@ -393,8 +396,10 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
         old_vs_new = compare_queries(path)
     finally:
         sim.stop()
-    out.append(f"SQLite: {args.tasks:,} tasks ({args.unfinished:,} unfinished), file "
-               f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task, events included)\n")  # fmt: skip
+    out.append(
+        f"SQLite: {args.tasks:,} tasks ({args.unfinished:,} unfinished), file "
+        f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task, events included)\n"
+    )
     out.append(
         table(
             ["", "value"],
@@ -405,24 +410,25 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
                 [
                     "`/metrics` p50 / p99 ms at rest",
                     f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
-                ],  # fmt: skip
+                ],
                 [
                     f"`/metrics` p50 / p99 ms, {args.clients} clients on `/status`",
                     f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
                     f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
-                ],  # fmt: skip
+                ],
                 [
                     "`/status` p50 / p99 ms (as those clients saw it)",
                     f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
                     f" ({len(pages)} loads)",
-                ],  # fmt: skip
+                ],
                 ["ready s, with half the finished tasks due for pruning", prune_ready],
                 [f"start-up prune of {pruned:,} of {total_before:,} tasks s", prune_seconds],
                 [
                     f"`/metrics` during that prune: {len(window)} scrapes, p50 / p99 / longest ms",
                     f"{ms(quantile(window, 0.5)):.1f} / {ms(quantile(window, 0.99)):.1f} / "
-                    f"{ms(max(window, default=0)):.1f} ({quantile(window, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
-                ],  # fmt: skip
+                    f"{ms(max(window, default=0)):.1f}"
+                    f" ({quantile(window, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
+                ],
                 ["polls/s at rest / during the prune", f"{rest_rate:.2f} / {prune_rate:.2f}"],
                 ["WAL after the prune MB", wal_size / 2**20],
             ],
@@ -430,8 +436,10 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
     )
     out.append("\nTask API list pages (limit 100, 20 requests each):\n")
     out.append(table(["query", "p50 ms", "max ms"], lists))
-    out.append(f"\nOld queries against today's methods, in-process on the same file "
-               f"(after the prune: {total_before - pruned:,} tasks):\n")  # fmt: skip
+    out.append(
+        f"\nOld queries against today's methods, in-process on the same file "
+        f"(after the prune: {total_before - pruned:,} tasks):\n"
+    )
     out.append(table(["query", "before ms", "now ms", "ratio"], old_vs_new))
     return "\n".join(out)
 
@@ -513,8 +521,10 @@ def old_redis_module() -> ModuleType:
 def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]]) -> None:
     """add + apply for each change, as polling would (for the old layout)."""
     for task, events in tasks:
-        store.add([DiscoveredTask(task.task_id, task.source, task.model, task.poll_url)],
-                  task.discovered_at)  # fmt: skip
+        store.add(
+            [DiscoveredTask(task.task_id, task.source, task.model, task.poll_url)],
+            task.discovered_at,
+        )
         for event in events:
             finish = (
                 Finish(event.status, task.duration_seconds, error_message=task.error_message)
@@ -593,7 +603,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
                         created + 2,
                         3,
                         0,
-                    ),  # fmt: skip
+                    ),
                     [TaskEvent(created + 2, Status.PROCESSING, Status.UNKNOWN)],
                 )
             )
@@ -622,15 +632,15 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
             [
                 "list status=failed model=sora-2",
                 *timed(lambda: store.list_tasks(Status.FAILED, "sora-2")),
-            ],  # fmt: skip
+            ],
             [
                 "list status=timeout model=nope (no match)",
                 *timed(lambda: store.list_tasks(Status.TIMEOUT, "nope")),
-            ],  # fmt: skip
+            ],
             [
                 "list after a cursor, no filter",
                 *timed(lambda: store.list_tasks(after=deep_after)),
-            ],  # fmt: skip
+            ],
             [
                 "latest_finished (20 failures)",
                 *timed(
@@ -638,7 +648,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
                         (Status.FAILED, Status.EXPIRED, Status.TIMEOUT), 20
                     )
                 ),
-            ],  # fmt: skip
+            ],
             ["model_summaries (medians recomputed)", *timed(fresh_summaries, 5)],
             [
                 "count_by_status + oldest_active (a scrape's reads)",
@@ -649,7 +659,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
                         store.oldest_processing_by_model(),
                     )
                 ),
-            ],  # fmt: skip
+            ],
         ]
         # A prune of half the finished tasks, with a scrape's reads looping meanwhile.
         worst = [0.0]
@@ -676,11 +686,11 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         [
             "bytes per finished task, old layout (same tasks, written through the scripts)",
             old_bytes,
-        ],  # fmt: skip
+        ],
         [
             "bytes per finished task, now (same tasks)",
             f"{new_bytes:.0f} ({old_bytes / new_bytes:.2f}x less)",
-        ],  # fmt: skip
+        ],
         [f"memory for the day ({args.tasks:,} tasks) MB", day_bytes / 2**20],
         ["seeding s (restore, pipelined)", seeded],
         [f"prune of {pruned:,} finished tasks s", prune_seconds],

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 from exporter.api.status_page import StatusPage
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.model import FINISHED_STATUSES, DiscoveredTask, Finish, Status, Task, TaskUpdate
-from exporter.store.base import FinishLabels
 from exporter.store import sqlite as sqlite_store
+from exporter.store.base import FinishLabels
 from exporter.store.sqlite import SqliteTaskStore
 from tests.api.support import call
 
