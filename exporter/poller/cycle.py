@@ -29,6 +29,7 @@ from typing import Protocol
 
 from exporter.model import PollOutcome, Task
 from exporter.poller.events import CycleEnd
+from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class PollCycle:
                 lag = max(lag, sent_at - task.next_poll_at)
                 any_answer = bool(any_answer) or outcome.answered
                 finished += self._handler.handle(task, outcome, seen_at)
+            except StoreUnavailable:
+                continue  # counted and logged (once) by the store guard; polling pauses
             except Exception:
                 if self._stop.is_set():  # shutting down: the store may be closed already
                     continue
