@@ -34,6 +34,7 @@ import requests
 import yaml
 
 from monitoring import dashboards as board
+from monitoring import rules
 from monitoring.config import BundleConfig
 from tests.e2e.harness import ExporterProcess, free_port, wait_for
 from tests.monitoring.support import panels, require_tool, substitute_variables
@@ -107,8 +108,6 @@ class Feeder:
 
 def rule_files(name: str, config: BundleConfig) -> dict[str, str]:
     """The rules rendered from `config`, one file name per config."""
-    from monitoring import rules
-
     return {
         f"{name}-{Path(path).name}": text
         for path, text in rules.render(config).items()
@@ -145,7 +144,6 @@ class Stack:
 @pytest.fixture(scope="module", name="stack")
 def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_bin = require_tool("prometheus", hint="Debian package prometheus")
-    pytest.importorskip("monitoring.rules", reason="the recording rules' renderer")
     from exporter.simulator import Simulator, SimulatorSettings
 
     tmp = tmp_path_factory.mktemp("dashboards")
