@@ -307,6 +307,30 @@ def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None
             )
 
 
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+def test_time_series_panels_as_range_queries(stack: Stack, config_name: str) -> None:
+    """What Grafana sends for a graph: a range query with a step, over the last minute."""
+    targets = [
+        (panel, target)
+        for _, panel, target in _targets(config_name)
+        if panel["type"] in ("timeseries", "heatmap")
+    ]
+    assert all(target.get("range") is True for _, target in targets)
+    wait_for(lambda: stack.query("lemondata:store_tasks_finished:max"), 60, "recorded series")
+    end = float(stack.api("query", query="time()")["result"][1])  # Prometheus's clock
+    for panel, target in targets:
+        data = stack.api(
+            "query_range",
+            query=substitute_variables(target["expr"]),
+            start=end - 60,
+            end=end,
+            step=2,
+        )
+        assert data["resultType"] == "matrix", panel["title"]
+        if panel["title"] not in MAY_BE_EMPTY:
+            assert any(series["values"] for series in data["result"]), panel["title"]
+
+
 def test_the_model_table_has_a_row_per_model(stack: Stack) -> None:
     table = _panel("default", "Models over the time range")
     by_ref: dict[str, dict[str, float]] = {}
