@@ -35,6 +35,7 @@ from exporter.proxy import build_proxy
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
 from exporter.replicas import open_store, request_budget, stream_sources
 from exporter.store.base import TaskStore
+from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
 from exporter.web.security import WebSecurity
 from exporter.web.server import WebServer, build_app
@@ -72,7 +73,11 @@ class Agent:
         self.registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=self.registry)
-        self.store: TaskStore = open_store(config)  # SQLite, or Redis shared by replicas
+        backend = open_store(config)  # SQLite, or Redis shared by replicas
+        # Every use of the store goes through the guard: failures are counted,
+        # logged once a minute, and pause polling (see store/guard.py).
+        self.store_guard = StoreGuard(backend, self.registry)
+        self.store: TaskStore = self.store_guard
         self.classifier = ReasonClassifier(config.failure_reasons)
         self.recorder = Recorder(
             self.registry,
@@ -92,7 +97,7 @@ class Agent:
         self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
         self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
-        self.sources += stream_sources(config, self.store)
+        self.sources += stream_sources(config, backend)
         self.intake.add_sources(source.name for source in self.sources)
         self.recorder.add_sources(source.name for source in self.sources)
         if config.proxy.enabled:
@@ -112,7 +117,7 @@ class Agent:
             self.client,
             self.classifier,
             self.recorder,
-            request_budget(config, self.store),  # shared by the group with Redis
+            request_budget(config, backend),  # shared by the group with Redis
             PollPolicy(
                 task_interval=polling.task_interval_seconds,
                 max_wait=polling.max_wait_seconds,
@@ -151,16 +156,30 @@ class Agent:
         self.registry.register(self.recorder.scrape_mark)
 
     def discover(self) -> None:
+        if not self.store_guard.usable():
+            return  # nothing could be stored: sources keep their position
         run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
         self._discovered_once = True
 
     def poll(self) -> None:
-        self.cycle.run_once()
+        # While the store fails, answers could not be stored: polling would only
+        # repeat the same requests. The guard probes and says when to resume.
+        if not self.store_guard.usable():
+            return
+        try:
+            self.cycle.run_once()
+        except StoreUnavailable:
+            return  # counted and logged by the guard
         self.health.cycle_finished()
         self._log_if_idle()
 
     def prune(self) -> None:
-        removed = self.store.prune(time.time() - self.config.store.retention_seconds)
+        if not self.store_guard.usable():
+            return
+        try:
+            removed = self.store.prune(time.time() - self.config.store.retention_seconds)
+        except StoreUnavailable:
+            return
         if removed:
             log.info("forgot %d finished task(s) past the retention", removed)
 
@@ -170,6 +189,9 @@ class Agent:
 
     # The HealthView the web server reads.
     def healthy(self) -> tuple[bool, str]:
+        problem = self.store_guard.problem()
+        if problem is not None:
+            return False, f"unhealthy: the task store fails: {problem}"
         stalled = self.health.stalled_for()
         if stalled > 0:
             return (
@@ -185,12 +207,18 @@ class Agent:
     def ready(self) -> tuple[bool, str]:
         if self.health.shutting_down:
             return False, "not ready: shutting down"
+        problem = self.store_guard.problem()
+        if problem is not None:
+            return False, f"not ready: the task store fails: {problem}"
         if not self.health.ready():
             return False, "not ready: the first poll cycle has not run yet"
         return True, "Ready"
 
     def summary(self) -> dict[str, int]:
-        counts = self.store.count_by_status()
+        try:
+            counts = self.store.count_by_status()
+        except StoreUnavailable:
+            counts = {}  # the landing page still answers; health says why
         return {status.value: counts.get(status, 0) for status in Status}
 
     def hint(self) -> str:
@@ -199,8 +227,11 @@ class Agent:
         Text with `code` in backticks (the landing page renders it as <code>). No
         hint once any task is known: finished tasks mean discovery works.
         """
-        if any(self.store.count_by_status().values()):
-            return ""
+        try:
+            if any(self.store.count_by_status().values()):
+                return ""
+        except StoreUnavailable as exc:
+            return f"The task store fails: {exc}"
         config = self.config
         sources = []
         for source in config.discovery.files:

@@ -36,6 +36,7 @@ from exporter.api.validation import (
 from exporter.intake import LIMIT_SETTING, TaskIntake
 from exporter.model import Task
 from exporter.store.base import TaskEvent, TaskStore
+from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,17 @@ class TaskApi:
             status, headers, body = self._handle(environ)
         except ApiError as exc:
             status, headers, body = _error(exc)
+        except StoreUnavailable as exc:
+            # Counted and logged (once a minute) by the store guard; nothing was stored.
+            status, headers, body = _error(
+                ApiError(
+                    503,
+                    "store_unavailable",
+                    f"the task store cannot be used now, so nothing was changed: {exc}. "
+                    "Retry later; /-/healthy says when it works again",
+                )
+            )
+            headers.append(("Retry-After", "10"))
         except Exception:
             log.exception(
                 "task API: unexpected error on %s %s",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -21,12 +22,16 @@ from typing import Any
 from exporter import __version__
 from exporter.model import FINISHED_STATUSES, Status, Task
 from exporter.store.base import TaskStore
+from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 PATH = "/status"
 REFRESH_SECONDS = 10
+# A page is rendered at most this often; every request meanwhile gets the same
+# page, so reloading it, by any number of clients, cannot load the store.
+CACHE_SECONDS = 2.0
 MAX_TEXT_CHARS = 300
 IN_FLIGHT_ROWS = 50
 FAILURE_ROWS = 20
@@ -197,9 +202,28 @@ def _failure_row(task: Task, now: float) -> str:
 class StatusPage:
     """The WSGI app mounted on /status."""
 
-    def __init__(self, store: TaskStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        clock: Callable[[], float] = time.time,
+        cache_seconds: float = CACHE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._monotonic = monotonic
+        self._render_lock = threading.Lock()  # one render at a time; the others wait for it
+        self._page: bytes | None = None
+        self._rendered_at = -float("inf")
+
+    def page(self) -> bytes:
+        """The page, rendered at most every `cache_seconds`."""
+        with self._render_lock:
+            if self._page is None or self._monotonic() - self._rendered_at >= self._cache_seconds:
+                self._page = render(self.store, self._clock()).encode("utf-8", errors="replace")
+                self._rendered_at = self._monotonic()
+            return self._page
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -211,7 +235,9 @@ class StatusPage:
                 start_response, "405 Method Not Allowed", "only GET", [("Allow", "GET, HEAD")]
             )
         try:
-            body = render(self.store, self._clock()).encode("utf-8", errors="replace")
+            body = self.page()
+        except StoreUnavailable as exc:  # the guard has logged it
+            return _plain(start_response, "503 Service Unavailable", f"the task store fails: {exc}")
         except Exception:
             log.exception("status page: cannot render")
             return _plain(start_response, "500 Internal Server Error", "cannot render the page")

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
 from exporter.store.base import TaskStore
+from exporter.store.guard import STORE_ERRORS
 
 
 class TaskStoreCollector(Collector):
@@ -29,10 +30,16 @@ class TaskStoreCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if not self._store.reports_store_gauges():
-            return  # another replica sharing this store reports them
-        counts = self._store.count_by_status()
-        oldest = self._store.oldest_active()
+        try:
+            if not self._store.reports_store_gauges():
+                return  # another replica sharing this store reports them
+            counts = self._store.count_by_status()
+            oldest = self._store.oldest_active()
+            processing = self._store.oldest_processing_by_model()
+        except STORE_ERRORS:
+            # /metrics stays up with the exporter's own metrics; lemondata_store_up
+            # and lemondata_store_errors_total say why these are missing.
+            return
         now = self._clock()
         tasks = GaugeMetricFamily(
             "lemondata_tasks",
@@ -52,12 +59,14 @@ class TaskStoreCollector(Collector):
             age.add_metric([status.value], max(0.0, now - created) if created else 0.0)
         yield age
         if self._recorder is not None:
-            yield self._processing_age(self._recorder, now)
+            yield self._processing_age(self._recorder, now, processing)
 
-    def _processing_age(self, recorder: Recorder, now: float) -> GaugeMetricFamily:
+    def _processing_age(
+        self, recorder: Recorder, now: float, processing: dict[str | None, float]
+    ) -> GaugeMetricFamily:
         """A task stuck in processing shows here long before it times out."""
         oldest: dict[str, float] = {label: now for label in recorder.models()}
-        for model, created in self._store.oldest_processing_by_model().items():
+        for model, created in processing.items():
             label = recorder.model_label(model)
             oldest[label] = min(oldest.get(label, now), created)
         family = GaugeMetricFamily(

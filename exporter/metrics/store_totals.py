@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from exporter.metrics.recorder import Recorder
 from exporter.model import FINISHED_STATUSES, Status
 from exporter.store.base import TaskStore
+from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class StoreTotalsCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         try:
             totals = self._store.finish_totals()
+        except StoreUnavailable:  # the store guard counts and logs it (once a minute)
+            return
         except Exception:  # the store's own metrics say it is unwell; /metrics stays up
             log.warning("could not read the finish totals from the store", exc_info=True)
             return

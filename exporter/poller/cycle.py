@@ -35,6 +35,7 @@ from exporter.poller.ratelimit import AccountShare, RequestBudget
 from exporter.poller.schedule import AdaptiveSchedule
 from exporter.poller.transitions import PollPolicy, decide
 from exporter.store.base import FinishLabels, ModelStatsStore, TaskStore
+from exporter.store.guard import StoreUnavailable
 from exporter.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class PollCycle:
                 lag = max(lag, sent_at - task.next_poll_at)
                 any_answer = bool(any_answer) or answered(outcome)
                 finished += self._apply(task, outcome, seen_at)
+            except StoreUnavailable:
+                continue  # counted and logged (once) by the store guard; polling pauses
             except Exception:
                 if self._stop.is_set():  # shutting down: the store may be closed already
                     continue

@@ -16,22 +16,41 @@ replicas needs:
 - `SharedRequestBudget` is the poll cycle's request budget kept in Redis
   (GCRA), so the whole group stays within one account's rate.
 
-Layout under the prefix (default `lemondata:`): `task:<id>` (hash),
-`due` (zset of unfinished tasks by next poll time), `finished` (zset by
-finish time), `active:<status>` (zset by creation time, for the oldest-age
-gauge), `count` (hash of tasks by status), `models` (set), `source_state`
-(hash), `finish_totals` (hash: finishes per label set, counted by the
-`apply` script, never pruned), `processing_by_model:<model>` (zset of the
-tasks in processing by creation time, '' for no model) and `processing_models`
-(set of those models), `budget`, `budget:pause`. Redis Cluster is not supported (the
-scripts touch keys they compute); a single Redis, or one behind Sentinel, is.
+Layout under the prefix (default `lemondata:`), kept small because a day of a
+large account is 1.5 million tasks (docs/benchmarks.md has the bytes per task):
+
+- `t:<id>`: the task, a hash with short field names (`FIELDS`), times rounded
+  to the millisecond, its status history in one field (`h`), and, once it has
+  finished, only what the task API shows (no lease, next poll or progress).
+  Small enough for Redis' compact listpack encoding unless its texts are long.
+- Indexes, each task in as few as possible: `ix:<status>:<model>` (task IDs by
+  ID, one sorted set per status and model: every list filter reads only
+  matching tasks; `px:<status>` lists the models with one), `fin:<status>`
+  (finished tasks by finish time: pruning and the latest failures), `q` (the
+  unfinished by next poll), `a:<status>` (unfinished by creation time), `pm:<model>`
+  and `pms` (in processing, per model).
+- Counters kept by the scripts as tasks change: `n` (tasks by status), `ma`,
+  `mf`, `mx` (per model: in flight, finished, failed), `dur:<model>` (completed
+  durations, rounded to 3 significant digits, and how many: medians without
+  reading tasks), `ms` (models).
+- `source_state`, `finish_totals` (finishes per label set, never pruned),
+  `model_stats`, `budget`, `budget:pause`, `gauge_reporter`.
+
+'' stands for no model. A store written by an older version (`task:<id>`,
+`ids`...) is converted on open, a page at a time (`migrate`). Redis Cluster is
+not supported (the scripts touch keys they compute); a single Redis, or one
+behind Sentinel, is.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import math
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -39,38 +58,86 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
+from exporter.model import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    DiscoveredTask,
+    Status,
+    Task,
+    TaskUpdate,
+)
 from exporter.poller.ratelimit import RequestBudget
 from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 from exporter.store.sqlite import StoreError
 
-PRUNE_BATCH = 1000
+log = logging.getLogger(__name__)
+
+# Tasks per prune script: Redis runs one script at a time, so a batch must be
+# short (a few ms) for scrapes and polls of every replica not to wait on it.
+PRUNE_BATCH = 200
 _ACTIVE = {status.value for status in ACTIVE_STATUSES}
 
-_ADD = """
+# Shared Lua helpers: the index keys of a task, kept in step by every script.
+_LUA_HELPERS = """
+local function ix_add(p, status, model, id)
+  redis.call('ZADD', p .. 'ix:' .. status .. ':' .. model, 0, id)
+  redis.call('SADD', p .. 'px:' .. status, model)
+end
+local function ix_rem(p, status, model, id)
+  local key = p .. 'ix:' .. status .. ':' .. model
+  redis.call('ZREM', key, id)
+  if redis.call('EXISTS', key) == 0 then redis.call('SREM', p .. 'px:' .. status, model) end
+end
+local function pm_rem(p, model, id)
+  local key = p .. 'pm:' .. model
+  redis.call('ZREM', key, id)
+  if redis.call('EXISTS', key) == 0 then redis.call('SREM', p .. 'pms', model) end
+end
+local CODE = {unknown = 'u', pending = 'p', processing = 'r', completed = 'c', failed = 'f',
+  cancelled = 'x', expired = 'e', timeout = 't'}
+local function dur_key(d)
+  return string.format('%.3g', tonumber(d))
+end
+local function forget_finished(p, model, status, du)
+  redis.call('HINCRBY', p .. 'mf', model, -1)
+  if status == 'failed' then redis.call('HINCRBY', p .. 'mx', model, -1) end
+  if status == 'completed' and du then
+    local key = p .. 'dur:' .. model
+    if redis.call('HINCRBY', key, dur_key(du), -1) <= 0 then
+      redis.call('HDEL', key, dur_key(du))
+    end
+  end
+end
+"""
+
+_ADD = (
+    _LUA_HELPERS
+    + """
 local p, now = ARGV[1], ARGV[2]
 local added = {}
 for i = 5, #ARGV, 4 do
   local id = ARGV[i]
-  local key = p .. 'task:' .. id
+  local key = p .. 't:' .. id
   if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'task_id', id, 'source', ARGV[i + 1], 'status', 'unknown',
-      'discovered_at', now, 'next_poll_at', now, 'attempts', '0', 'consecutive_errors', '0')
-    if ARGV[i + 2] ~= '' then
-      redis.call('HSET', key, 'model', ARGV[i + 2])
-      redis.call('SADD', p .. 'models', ARGV[i + 2])
+    local model = ARGV[i + 2]
+    redis.call('HSET', key, 's', ARGV[i + 1], 'st', 'unknown', 'd', now, 'n', now)
+    if model ~= '' then
+      redis.call('HSET', key, 'm', model)
+      redis.call('SADD', p .. 'ms', model)
     end
-    if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'poll_url', ARGV[i + 3]) end
-    redis.call('ZADD', p .. 'due', now, id)
-    redis.call('ZADD', p .. 'ids', 0, id)
-    redis.call('ZADD', p .. 'active:unknown', now, id)
-    redis.call('HINCRBY', p .. 'count', 'unknown', 1)
+    if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'u', ARGV[i + 3]) end
+    redis.call('ZADD', p .. 'q', now, id)
+    redis.call('ZADD', p .. 'a:unknown', now, id)
+    ix_add(p, 'unknown', model, id)
+    redis.call('HINCRBY', p .. 'n', 'unknown', 1)
+    redis.call('HINCRBY', p .. 'ma', model, 1)
     added[#added + 1] = (i - 5) / 4
   end
 end
 if ARGV[3] ~= '' then redis.call('HSET', p .. 'source_state', ARGV[3], ARGV[4]) end
 return added
 """
+)
 
 # Due tasks not leased to another replica, most overdue first; leases them to us.
 _DUE = """
@@ -79,38 +146,43 @@ local me, lease_until = ARGV[4], ARGV[5]
 local taken = {}
 local offset = 0
 while #taken < limit do
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', ARGV[2], 'LIMIT', offset, limit)
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'q', '-inf', ARGV[2], 'LIMIT', offset, limit)
   if #ids == 0 then break end
   offset = offset + #ids
   for _, id in ipairs(ids) do
-    local key = p .. 'task:' .. id
-    local lease = redis.call('HMGET', key, 'status', 'owner', 'lease_until')
+    local key = p .. 't:' .. id
+    local lease = redis.call('HMGET', key, 'st', 'o', 'l')
     if not lease[1] then
-      redis.call('ZREM', p .. 'due', id)
+      redis.call('ZREM', p .. 'q', id)
       offset = offset - 1
     elseif (not lease[2]) or lease[2] == me or tonumber(lease[3]) <= now then
-      redis.call('HSET', key, 'owner', me, 'lease_until', lease_until)
+      redis.call('HSET', key, 'o', me, 'l', lease_until)
       taken[#taken + 1] = id
       if #taken >= limit then break end
     end
   end
 end
 local out = {}
-for i, id in ipairs(taken) do out[i] = redis.call('HGETALL', p .. 'task:' .. id) end
+for i, id in ipairs(taken) do
+  out[i] = redis.call('HGETALL', p .. 't:' .. id)
+  table.insert(out[i], 1, id)
+end
 return out
 """
 
 # One poll's result. The terminal record is a compare-and-set: a task that is
 # gone or already finished is left alone and 0 comes back; so does one that
 # another replica holds a live lease on.
-_APPLY = """
+_APPLY = (
+    _LUA_HELPERS
+    + """
 local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local active, next_poll_at = ARGV[7], ARGV[8]
-local key = p .. 'task:' .. id
-local cur = redis.call('HMGET', key, 'status', 'finished_at', 'owner', 'lease_until',
-  'discovered_at', 'model')
+local key = p .. 't:' .. id
+local cur = redis.call('HMGET', key, 'st', 'f', 'o', 'l', 'd', 'm', 'h')
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
+local old_model = cur[6] or ''
 for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', key, ARGV[i])
@@ -118,81 +190,110 @@ for i = 11, #ARGV, 2 do
     redis.call('HSET', key, ARGV[i], ARGV[i + 1])
   end
 end
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HDEL', key, 'owner', 'lease_until')
-local model = redis.call('HGET', key, 'model')
-if model then redis.call('SADD', p .. 'models', model) end
+redis.call('HINCRBY', key, 'a', 1)
+redis.call('HDEL', key, 'o', 'l')
+local model = redis.call('HGET', key, 'm') or ''
+if model ~= '' then redis.call('SADD', p .. 'ms', model) end
+if cur[1] ~= status or model ~= old_model then
+  ix_rem(p, cur[1], old_model, id)
+  ix_add(p, status, model, id)
+end
 if cur[1] ~= status then
-  redis.call('HINCRBY', p .. 'count', cur[1], -1)
-  redis.call('HINCRBY', p .. 'count', status, 1)
-  redis.call('ZREM', p .. 'active:' .. cur[1], id)
-  local events = p .. 'events:' .. id
-  redis.call('RPUSH', events, now .. ' ' .. status .. ' ' .. cur[1])
-  redis.call('LTRIM', events, -tonumber(ARGV[9]), -1)
+  redis.call('HINCRBY', p .. 'n', cur[1], -1)
+  redis.call('HINCRBY', p .. 'n', status, 1)
+  redis.call('ZREM', p .. 'a:' .. cur[1], id)
+  -- history: 'PS<seconds since discovery>' per change (previous, status codes)
+  local since = (string.format('%.3f', tonumber(now) - tonumber(cur[5])):gsub('%.?0+$', ''))
+  local entry = (CODE[cur[1]] or 'u') .. (CODE[status] or 'u') .. since
+  local h = cur[7]
+  if h then h = h .. ' ' .. entry else h = entry end
+  local _, spaces = string.gsub(h, ' ', '')
+  if spaces >= tonumber(ARGV[9]) then h = string.sub(h, string.find(h, ' ') + 1) end
+  redis.call('HSET', key, 'h', h)
 end
-if cur[1] == 'processing' then
-  local by_model = p .. 'processing_by_model:' .. (cur[6] or '')
-  redis.call('ZREM', by_model, id)
-  if redis.call('EXISTS', by_model) == 0 then
-    redis.call('SREM', p .. 'processing_models', cur[6] or '')
-  end
+if model ~= old_model then
+  redis.call('HINCRBY', p .. 'ma', old_model, -1)
+  redis.call('HINCRBY', p .. 'ma', model, 1)
 end
+if cur[1] == 'processing' then pm_rem(p, old_model, id) end
 if status == 'processing' and finishing ~= '1' then
-  local created = redis.call('HGET', key, 'created') or cur[5]
-  redis.call('ZADD', p .. 'processing_by_model:' .. (model or ''), created, id)
-  redis.call('SADD', p .. 'processing_models', model or '')
+  local created = redis.call('HGET', key, 'c') or cur[5]
+  redis.call('ZADD', p .. 'pm:' .. model, created, id)
+  redis.call('SADD', p .. 'pms', model)
 end
 if finishing == '1' then
   if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
-  redis.call('HSET', key, 'finished_at', now, 'finished_by', me)
-  redis.call('ZREM', p .. 'due', id)
-  redis.call('ZREM', p .. 'active:' .. status, id)
-  redis.call('ZADD', p .. 'finished', now, id)
+  redis.call('HSET', key, 'f', now, 'fb', me)
+  redis.call('HDEL', key, 'n', 'p', 'pa')
+  redis.call('ZREM', p .. 'q', id)
+  redis.call('ZREM', p .. 'a:' .. status, id)
+  redis.call('ZADD', p .. 'fin:' .. status, now, id)
+  redis.call('HINCRBY', p .. 'ma', model, -1)
+  redis.call('HINCRBY', p .. 'mf', model, 1)
+  if status == 'failed' then redis.call('HINCRBY', p .. 'mx', model, 1) end
+  local du = redis.call('HGET', key, 'du')
+  if status == 'completed' and du then
+    redis.call('HINCRBY', p .. 'dur:' .. model, dur_key(du), 1)
+  end
 else
-  redis.call('ZADD', p .. 'due', next_poll_at, id)
+  redis.call('ZADD', p .. 'q', next_poll_at, id)
   if active == '1' then
-    local created = redis.call('HGET', key, 'created') or cur[5]
-    redis.call('ZADD', p .. 'active:' .. status, created, id)
+    local created = redis.call('HGET', key, 'c') or cur[5]
+    redis.call('ZADD', p .. 'a:' .. status, created, id)
   end
 end
 return 1
 """
+)
 
-_PRUNE = """
-local p = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+# Up to ARGV[3] tasks of one finished status, finished before ARGV[2].
+_PRUNE = (
+    _LUA_HELPERS
+    + """
+local p, status = ARGV[1], ARGV[4]
+local fin = p .. 'fin:' .. status
+local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
   tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
-  local key = p .. 'task:' .. id
-  local status = redis.call('HGET', key, 'status')
-  if status then redis.call('HINCRBY', p .. 'count', status, -1) end
-  redis.call('DEL', key, p .. 'events:' .. id)
-  redis.call('ZREM', p .. 'finished', id)
-  redis.call('ZREM', p .. 'ids', id)
+  local key = p .. 't:' .. id
+  local cur = redis.call('HMGET', key, 'st', 'm', 'du')
+  if cur[1] then
+    local model = cur[2] or ''
+    redis.call('HINCRBY', p .. 'n', cur[1], -1)
+    ix_rem(p, cur[1], model, id)
+    forget_finished(p, model, cur[1], cur[3])
+    redis.call('DEL', key)
+  end
+  redis.call('ZREM', fin, id)
 end
 return #ids
 """
+)
 
-_REMOVE = """
+_REMOVE = (
+    _LUA_HELPERS
+    + """
 local p, id = ARGV[1], ARGV[2]
-local key = p .. 'task:' .. id
-local status = redis.call('HGET', key, 'status')
+local key = p .. 't:' .. id
+local cur = redis.call('HMGET', key, 'st', 'm', 'f', 'du')
+local status = cur[1]
 if not status then return 0 end
-if status == 'processing' then
-  local model = redis.call('HGET', key, 'model') or ''
-  local by_model = p .. 'processing_by_model:' .. model
-  redis.call('ZREM', by_model, id)
-  if redis.call('EXISTS', by_model) == 0 then
-    redis.call('SREM', p .. 'processing_models', model)
-  end
+local model = cur[2] or ''
+if status == 'processing' then pm_rem(p, model, id) end
+redis.call('HINCRBY', p .. 'n', status, -1)
+ix_rem(p, status, model, id)
+if cur[3] then
+  forget_finished(p, model, status, cur[4])
+else
+  redis.call('HINCRBY', p .. 'ma', model, -1)
 end
-redis.call('HINCRBY', p .. 'count', status, -1)
-redis.call('DEL', key, p .. 'events:' .. id)
-for _, index in ipairs({'due', 'finished', 'ids', 'active:' .. status}) do
+redis.call('DEL', key)
+for _, index in ipairs({'q', 'fin:' .. status, 'a:' .. status}) do
   redis.call('ZREM', p .. index, id)
 end
 return 1
 """
+)
 
 # GCRA on the server's clock (replicas' clocks may differ): every call takes
 # one request slot and returns, as a string, how long to wait before using it.
@@ -226,10 +327,42 @@ return 1
 
 # Status changes kept per task: a task that flaps must not grow the store.
 MAX_EVENTS_PER_TASK = 50
-# Finished tasks looked at, at most, to find the latest of some statuses.
-MAX_FINISHED_SCAN = 10_000
 PAGE = 500
-_SUMMARY_FIELDS = ("model", "status", "finished_at", "duration_seconds")
+# Medians are recomputed at most this often (the status page shows them).
+MEDIAN_MAX_AGE_SECONDS = 60.0
+# Task fields and their names in the hash: short, as there are millions of them.
+FIELDS = {
+    "source": "s",
+    "model": "m",
+    "poll_url": "u",
+    "status": "st",
+    "discovered_at": "d",
+    "next_poll_at": "n",
+    "created": "c",
+    "first_seen": "fs",
+    "last_polled": "lp",
+    "processing_seen": "ps",
+    "attempts": "a",
+    "consecutive_errors": "e",
+    "finished_at": "f",
+    "duration_seconds": "du",
+    "reason": "r",
+    "error_message": "em",
+    "last_error": "le",
+    "progress": "p",
+    "progress_at": "pa",
+}
+# Status codes of the history field `h` ("<previous><status><seconds since discovery>").
+_CODES = {
+    "u": Status.UNKNOWN,
+    "p": Status.PENDING,
+    "r": Status.PROCESSING,
+    "c": Status.COMPLETED,
+    "f": Status.FAILED,
+    "x": Status.CANCELLED,
+    "e": Status.EXPIRED,
+    "t": Status.TIMEOUT,
+}
 
 
 # Take the lease if free, renew it if ours; 1 when this replica holds it.
@@ -314,39 +447,50 @@ def connect(url: str, max_connections: int = 64, password: str | None = None) ->
 
 
 def _text(value: float | int | str | None) -> str:
-    """A value for a script argument; '' stands for None."""
+    """A value for a script argument; '' stands for None. Times and durations are
+    kept to the millisecond (shorter strings: smaller hashes)."""
     if value is None:
         return ""
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if math.isfinite(value) else repr(value)
+    return str(value)
 
 
-def _task(fields: dict[str, str]) -> Task:
+def _task(task_id: str, fields: dict[str, str]) -> Task:
     def number(name: str) -> float | None:
-        value = fields.get(name)
+        value = fields.get(FIELDS[name])
         return float(value) if value else None
 
     return Task(
-        task_id=fields["task_id"],
-        source=fields["source"],
-        model=fields.get("model") or None,
-        poll_url=fields.get("poll_url") or None,
-        status=Status(fields["status"]),
-        discovered_at=float(fields["discovered_at"]),
-        next_poll_at=float(fields["next_poll_at"]),
+        task_id=task_id,
+        source=fields["s"],
+        model=fields.get("m") or None,
+        poll_url=fields.get("u") or None,
+        status=Status(fields["st"]),
+        discovered_at=float(fields["d"]),
+        next_poll_at=float(fields.get("n") or fields.get("f") or fields["d"]),
         created=number("created"),
         first_seen=number("first_seen"),
         last_polled=number("last_polled"),
         processing_seen=number("processing_seen"),
-        attempts=int(fields.get("attempts") or 0),
-        consecutive_errors=int(fields.get("consecutive_errors") or 0),
+        attempts=int(fields.get("a") or 0),
+        consecutive_errors=int(fields.get("e") or 0),
         finished_at=number("finished_at"),
         duration_seconds=number("duration_seconds"),
-        reason=fields.get("reason") or None,
-        error_message=fields.get("error_message") or None,
-        last_error=fields.get("last_error") or None,
+        reason=fields.get("r") or None,
+        error_message=fields.get("em") or None,
+        last_error=fields.get("le") or None,
         progress=number("progress"),
         progress_at=number("progress_at"),
     )
+
+
+def _history(discovered_at: float, text: str | None) -> list[TaskEvent]:
+    events = []
+    for entry in (text or "").split():
+        previous, status, since = _CODES[entry[0]], _CODES[entry[1]], float(entry[2:])
+        events.append(TaskEvent(round(discovered_at + since, 3), status, previous))
+    return events
 
 
 # Label values never hold a tab (see metrics/recorder.py).
@@ -385,9 +529,27 @@ class RedisTaskStore:
         self._prune = self.client.register_script(_PRUNE)
         self._remove = self.client.register_script(_REMOVE)
         self._gauge_lease = self.client.register_script(_GAUGE_LEASE)
+        self._medians: dict[str | None, float] = {}
+        self._medians_at = -math.inf
+        self._medians_lock = threading.Lock()
+        try:
+            migrated = migrate(self)
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot convert the Redis store at {self.url}: {exc}") from None
+        if migrated:
+            log.info("Redis store: %d task(s) converted to the compact layout", migrated)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def check(self) -> None:
+        """Nothing to check locally: Redis answers for itself (see `probe`)."""
+
+    def probe(self) -> None:
+        """One small write and a read: whether Redis takes writes again (it refuses
+        them when it hits maxmemory or cannot persist)."""
+        self.client.set(self._key("probe"), _text(time.time()), ex=60)
+        self.client.hgetall(self._key("n"))
 
     def reports_store_gauges(self) -> bool:
         """One replica at a time holds a lease to export the store-wide gauges."""
@@ -433,7 +595,7 @@ class RedisTaskStore:
                 ]
             ),
         )
-        return [_task(_pairs(row)) for row in rows]
+        return [_task(row[0], _pairs(row[1:])) for row in rows]
 
     def apply(
         self,
@@ -448,7 +610,7 @@ class RedisTaskStore:
         fields: dict[str, float | int | str | None] = {
             "status": update.status.value,
             "next_poll_at": update.next_poll_at,
-            "consecutive_errors": update.consecutive_errors,
+            "consecutive_errors": update.consecutive_errors or None,
             "created": update.created,
             "model": update.model,
             "first_seen": update.first_seen,
@@ -474,7 +636,7 @@ class RedisTaskStore:
             _totals_field(labels) if finish and labels else "",
         ]
         for name, value in fields.items():
-            args += [name, _text(value)]
+            args += [FIELDS[name], _text(value)]
         return bool(self._apply(args=args))
 
     def finish_totals(self) -> dict[FinishLabels, int]:
@@ -489,29 +651,29 @@ class RedisTaskStore:
         return result
 
     def get(self, task_id: str) -> Task | None:
-        fields = cast(dict[str, str], self.client.hgetall(self._key("task", task_id)))
-        return _task(fields) if fields else None
+        fields = cast(dict[str, str], self.client.hgetall(self._key("t", task_id)))
+        return _task(task_id, fields) if fields else None
 
     def known(self, task_ids: list[str]) -> set[str]:
         """Which of these task IDs the store has (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.exists(self._key("task", task_id))
+            pipe.exists(self._key("t", task_id))
         return {task_id for task_id, n in zip(task_ids, pipe.execute(), strict=True) if n}
 
     def finished_by(self, task_id: str) -> str | None:
         """The replica whose terminal record won, for a finished task."""
-        return cast(str | None, self.client.hget(self._key("task", task_id), "finished_by"))
+        return cast(str | None, self.client.hget(self._key("t", task_id), "fb"))
 
     def count_by_status(self) -> dict[Status, int]:
-        counts = cast(dict[str, str], self.client.hgetall(self._key("count")))
+        counts = cast(dict[str, str], self.client.hgetall(self._key("n")))
         return {Status(status): int(n) for status, n in counts.items() if int(n) > 0}
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""
         pipe = self.client.pipeline(transaction=False)
         for status in ACTIVE_STATUSES:
-            pipe.zrange(self._key("active", status.value), 0, 0, withscores=True)
+            pipe.zrange(self._key("a", status.value), 0, 0, withscores=True)
         result = {}
         for status, rows in zip(ACTIVE_STATUSES, pipe.execute(), strict=True):
             if rows:
@@ -521,10 +683,10 @@ class RedisTaskStore:
     def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
         """Per model (None: no model known), the earliest creation (or discovery)
         time of its tasks in `processing`; models with none are left out."""
-        models = cast(list[str], self.client.srandmember(self._key("processing_models"), limit))
+        models = cast(list[str], self.client.srandmember(self._key("pms"), limit))
         pipe = self.client.pipeline(transaction=False)
         for model in models:
-            pipe.zrange(self._key("processing_by_model", model), 0, 0, withscores=True)
+            pipe.zrange(self._key("pm", model), 0, 0, withscores=True)
         result: dict[str | None, float] = {}
         for model, rows in zip(models, pipe.execute(), strict=True):
             if rows:
@@ -532,18 +694,25 @@ class RedisTaskStore:
         return result
 
     def models(self) -> list[str]:
-        return sorted(cast(list[str], self.client.srandmember(self._key("models"), 1000)))
+        return sorted(cast(list[str], self.client.srandmember(self._key("ms"), 1000)))
 
     def prune(self, finished_before: float) -> int:
-        """Forget finished tasks older than the retention."""
+        """Forget finished tasks older than the retention, PRUNE_BATCH per script."""
         removed = 0
-        while True:
-            batch = int(
-                cast(int, self._prune(args=[self.prefix, _text(finished_before), PRUNE_BATCH]))
-            )
-            removed += batch
-            if batch < PRUNE_BATCH:
-                return removed
+        for status in FINISHED_STATUSES:
+            while True:
+                batch = int(
+                    cast(
+                        int,
+                        self._prune(
+                            args=[self.prefix, _text(finished_before), PRUNE_BATCH, status.value]
+                        ),
+                    )
+                )
+                removed += batch
+                if batch < PRUNE_BATCH:
+                    break
+        return removed
 
     def source_state(self, source: str) -> str | None:
         return cast(str | None, self.client.hget(self._key("source_state"), source))
@@ -554,14 +723,26 @@ class RedisTaskStore:
         """These tasks, in this order; those gone meanwhile are left out."""
         pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hgetall(self._key("task", task_id))
-        return [_task(fields) for fields in pipe.execute() if fields]
+            pipe.hgetall(self._key("t", task_id))
+        return [
+            _task(task_id, fields)
+            for task_id, fields in zip(task_ids, pipe.execute(), strict=True)
+            if fields
+        ]
 
-    def _fields(self, task_ids: Sequence[str], names: Sequence[str]) -> list[list[str | None]]:
+    def _partitions(self, status: Status | None, model: str | None) -> list[str]:
+        """The `ix:` keys holding the tasks of this status and model (None: any)."""
+        statuses = [status] if status is not None else list(Status)
+        if model is not None:
+            return [self._key("ix", s.value, model) for s in statuses]
         pipe = self.client.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hmget(self._key("task", task_id), list(names))
-        return cast(list[list[str | None]], pipe.execute())
+        for s in statuses:
+            pipe.smembers(self._key("px", s.value))
+        return [
+            self._key("ix", s.value, m)
+            for s, models in zip(statuses, pipe.execute(), strict=True)
+            for m in sorted(models)
+        ]
 
     def list_tasks(
         self,
@@ -570,37 +751,27 @@ class RedisTaskStore:
         after: str | None = None,
         limit: int = 100,
     ) -> list[Task]:
-        """Up to `limit` tasks ordered by task ID, after `after`, with that status and model."""
-        found: list[str] = []
+        """Up to `limit` tasks ordered by task ID, after `after`, with that status and model.
+
+        Reads the first `limit` IDs of each matching `ix:` set and merges them:
+        never a task that does not match."""
+        if limit <= 0:
+            return []
+        keys = self._partitions(status, model)
         start = f"({after}" if after is not None else "-"
-        while len(found) < limit:
-            page = cast(
-                list[str],
-                self.client.zrangebylex(self._key("ids"), start, "+", start=0, num=PAGE),
-            )
-            if not page:
-                break
-            if status is None and model is None:
-                found += page
-            else:
-                rows = self._fields(page, ("status", "model"))
-                found += [
-                    task_id
-                    for task_id, (task_status, task_model) in zip(page, rows, strict=True)
-                    if task_status is not None
-                    and (status is None or task_status == status.value)
-                    and (model is None or task_model == model)
-                ]
-            start = f"({page[-1]}"
-        return self._tasks(found[:limit])
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrangebylex(key, start, "+", start=0, num=limit)
+        pages = cast(list[list[str]], pipe.execute())
+        found = list(heapq.merge(*pages))[:limit]
+        return self._tasks(found)
 
     def events(self, task_id: str) -> list[TaskEvent]:
         """The task's status changes, oldest first."""
-        events = []
-        for line in cast(list[str], self.client.lrange(self._key("events", task_id), 0, -1)):
-            at, status, previous = line.split(" ")
-            events.append(TaskEvent(float(at), Status(status), Status(previous)))
-        return events
+        discovered, text = cast(
+            list[str | None], self.client.hmget(self._key("t", task_id), ["d", "h"])
+        )
+        return _history(float(discovered), text) if discovered is not None else []
 
     def remove(self, task_id: str) -> bool:
         """Stop tracking a task (and drop its events); False if it was not in the store."""
@@ -612,71 +783,62 @@ class RedisTaskStore:
             return []
         pipe = self.client.pipeline(transaction=False)
         for status in ACTIVE_STATUSES:
-            pipe.zrange(self._key("active", status.value), 0, limit - 1, withscores=True)
+            pipe.zrange(self._key("a", status.value), 0, limit - 1, withscores=True)
         ranked = sorted(
             (float(score), task_id) for rows in pipe.execute() for task_id, score in rows
         )
         return self._tasks([task_id for _, task_id in ranked[:limit]])
 
     def latest_finished(self, statuses: Sequence[Status], limit: int) -> list[Task]:
-        """Finished tasks with one of these statuses, most recently finished first."""
-        wanted = {status.value for status in statuses}
-        found: list[tuple[float, str]] = []
-        offset = 0
-        while wanted and len(found) < limit and offset < MAX_FINISHED_SCAN:
-            page = cast(
-                list[tuple[str, float]],
-                self.client.zrevrange(
-                    self._key("finished"), offset, offset + PAGE - 1, withscores=True
-                ),
-            )
-            if not page:
-                break
-            offset += len(page)
-            rows = self._fields([task_id for task_id, _ in page], ("status",))
-            found += [
-                (-float(at), task_id)
-                for (task_id, at), (status,) in zip(page, rows, strict=True)
-                if status in wanted
-            ]
-        return self._tasks([task_id for _, task_id in sorted(found)[:limit]])
+        """Finished tasks with one of these statuses, most recently finished first:
+        the newest `limit` of each status's `fin:` set, merged."""
+        if limit <= 0:
+            return []
+        wanted = [status for status in dict.fromkeys(statuses) if status in FINISHED_STATUSES]
+        pipe = self.client.pipeline(transaction=False)
+        for status in wanted:
+            pipe.zrevrange(self._key("fin", status.value), 0, limit - 1, withscores=True)
+        found = sorted((-float(at), task_id) for rows in pipe.execute() for task_id, at in rows)
+        return self._tasks([task_id for _, task_id in found[:limit]])
 
     def model_summaries(self) -> list[ModelSummary]:
-        """Per model: tasks in flight, finished, failed, median duration of completed ones."""
-        counts: dict[str | None, list[int]] = {}
-        durations: dict[str | None, list[float]] = {}
-        for page in self._id_pages():
-            for model, status, finished_at, duration in self._fields(page, _SUMMARY_FIELDS):
-                if status is None:
-                    continue
-                row = counts.setdefault(model or None, [0, 0, 0])
-                row[0 if finished_at is None else 1] += 1
-                row[2] += status == Status.FAILED.value
-                if status == Status.COMPLETED.value and duration:
-                    durations.setdefault(model or None, []).append(float(duration))
-        ordered = sorted(counts, key=lambda model: (model is not None, model or ""))[:1000]
+        """Per model: tasks in flight, finished, failed (counters kept by the
+        scripts), median duration of completed ones (from the `dur:` counts, to 3
+        significant digits, recomputed at most every MEDIAN_MAX_AGE_SECONDS)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in ("ma", "mf", "mx"):
+            pipe.hgetall(self._key(name))
+        active, finished, failed = (
+            {model: int(n) for model, n in counts.items()} for counts in pipe.execute()
+        )
+        models = [m for m in set(active) | set(finished) if active.get(m, 0) + finished.get(m, 0)]
+        ordered = sorted(models)[:1000]  # '' (no model) first
+        medians = self._cached_medians(ordered)
         return [
             ModelSummary(
-                model,
-                active=counts[model][0],
-                finished=counts[model][1],
-                failed=counts[model][2],
-                median_duration_seconds=_median(durations.get(model, [])),
+                model or None,
+                active=active.get(model, 0),
+                finished=finished.get(model, 0),
+                failed=failed.get(model, 0),
+                median_duration_seconds=medians.get(model),
             )
             for model in ordered
         ]
 
-    def _id_pages(self) -> Iterable[list[str]]:
-        start = "-"
-        while True:
-            page = cast(
-                list[str],
-                self.client.zrangebylex(self._key("ids"), start, "+", start=0, num=PAGE),
-            )
-            if not page:
-                return
-            yield page
-            start = f"({page[-1]}"
+    def _cached_medians(self, models: list[str]) -> dict[str, float]:
+        with self._medians_lock:
+            if time.monotonic() - self._medians_at < MEDIAN_MAX_AGE_SECONDS:
+                return self._medians  # type: ignore[return-value]
+            pipe = self.client.pipeline(transaction=False)
+            for model in models:
+                pipe.hgetall(self._key("dur", model))
+            medians: dict[str, float] = {}
+            for model, counts in zip(models, pipe.execute(), strict=True):
+                value = _median_of_counts({float(k): int(n) for k, n in counts.items()})
+                if value is not None:
+                    medians[model] = value
+            self._medians, self._medians_at = medians, time.monotonic()  # type: ignore[assignment]
+            return medians
 
     # ---- what adaptive polling learnt per model ---------------------------------
 
@@ -695,15 +857,159 @@ class RedisTaskStore:
                 pipe.hset(key, model, text)
         pipe.execute()
 
+    # ---- for the benchmark and the conversion of older stores ---------------------
 
-def _median(values: list[float]) -> float | None:
-    if not values:
+    def restore(self, tasks: Sequence[tuple[Task, Sequence[TaskEvent]]]) -> int:
+        """Write whole tasks (with their history) as the scripts would have left
+        them: the conversion of an older layout, and seeding a benchmark. Tasks
+        already in the store are left alone. Returns how many were written."""
+        pipe = self.client.pipeline(transaction=False)
+        for task, history in tasks:
+            finished = task.finished_at is not None
+            fields = {
+                name: _text(getattr(task, name))
+                for name in FIELDS
+                if not (finished and name in ("next_poll_at", "progress", "progress_at"))
+            }
+            fields["status"] = task.status.value
+            fields["attempts"] = str(task.attempts)
+            if not task.consecutive_errors:
+                fields["consecutive_errors"] = ""
+            args = [
+                self.prefix,
+                task.task_id,
+                "1" if finished else "0",
+                _history_text(task.discovered_at, history[-MAX_EVENTS_PER_TASK:]),
+                _text(task.created if task.created is not None else task.discovered_at),
+            ]
+            for name, value in fields.items():
+                args += [FIELDS[name], value]
+            self._restore(args=args, client=pipe)
+        return sum(int(n) for n in pipe.execute())
+
+    @property
+    def _restore(self) -> Any:
+        script = getattr(self, "_restore_script", None)
+        if script is None:
+            script = self._restore_script = self.client.register_script(_RESTORE)
+        return script
+
+
+def _history_text(discovered_at: float, events: Sequence[TaskEvent]) -> str:
+    codes = {status: code for code, status in _CODES.items()}
+    return " ".join(
+        f"{codes[event.previous]}{codes[event.status]}{_text(float(event.at - discovered_at))}"
+        for event in events
+    )
+
+
+def _median_of_counts(counts: dict[float, int]) -> float | None:
+    """The median of values given as {value: how many times}."""
+    total = sum(n for n in counts.values() if n > 0)
+    if total == 0:
         return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
+    middle = ((total - 1) // 2, total // 2)  # 0-based ranks of the middle one or two
+    found: list[float] = []
+    seen = 0
+    for value in sorted(counts):
+        n = counts[value]
+        if n <= 0:
+            continue
+        for rank in middle:
+            if seen <= rank < seen + n:
+                found.append(value)
+        seen += n
+        if len(found) == 2:
+            break
+    return sum(found) / 2
+
+
+# A whole task, written as the scripts leave one (see `restore`).
+_RESTORE = (
+    _LUA_HELPERS
+    + """
+local p, id, finished, history, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local key = p .. 't:' .. id
+if redis.call('EXISTS', key) == 1 then return 0 end
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+if history ~= '' then redis.call('HSET', key, 'h', history) end
+local t = redis.call('HMGET', key, 'st', 'm', 'n', 'f', 'du')
+local status, model = t[1], t[2] or ''
+if model ~= '' then redis.call('SADD', p .. 'ms', model) end
+ix_add(p, status, model, id)
+redis.call('HINCRBY', p .. 'n', status, 1)
+if finished == '1' then
+  redis.call('ZADD', p .. 'fin:' .. status, t[4], id)
+  redis.call('HINCRBY', p .. 'mf', model, 1)
+  if status == 'failed' then redis.call('HINCRBY', p .. 'mx', model, 1) end
+  if status == 'completed' and t[5] then
+    redis.call('HINCRBY', p .. 'dur:' .. model, dur_key(t[5]), 1)
+  end
+else
+  redis.call('HINCRBY', p .. 'ma', model, 1)
+  redis.call('ZADD', p .. 'q', t[3], id)
+  redis.call('ZADD', p .. 'a:' .. status, created, id)
+  if status == 'processing' then
+    redis.call('ZADD', p .. 'pm:' .. model, created, id)
+    redis.call('SADD', p .. 'pms', model)
+  end
+end
+return 1
+"""
+)
+
+# The keys of the layout before the compact one, and its long field names.
+_OLD_INDEXES = ("ids", "due", "finished", "count", "models", "processing_models")
+
+
+def migrate(store: RedisTaskStore, page: int = 1000) -> int:
+    """Convert a store written by an older version (`task:<id>` hashes with long
+    field names, an `events:<id>` list each, `ids`/`finished`/... indexes) to the
+    compact layout, a page at a time. Safe to interrupt and to run from several
+    replicas at once: a task already converted is skipped, and the old `ids`
+    index is consumed only after its tasks are written."""
+    client, prefix = store.client, store.prefix
+    old_ids = prefix + "ids"
+    if not client.exists(old_ids):
+        return 0
+    converted = 0
+    while True:
+        ids = cast(list[str], client.zrange(old_ids, 0, page - 1))
+        if not ids:
+            break
+        pipe = client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hgetall(f"{prefix}task:{task_id}")
+            pipe.lrange(f"{prefix}events:{task_id}", 0, -1)
+        answers = pipe.execute()
+        batch = []
+        for task_id, fields, lines in zip(ids, answers[::2], answers[1::2], strict=True):
+            if not fields:
+                continue
+            task = _old_task(task_id, fields)
+            history = []
+            for line in lines:
+                at, status, previous = line.split(" ")
+                history.append(TaskEvent(float(at), Status(status), Status(previous)))
+            batch.append((task, history))
+        converted += store.restore(batch)
+        pipe = client.pipeline(transaction=True)
+        for task_id in ids:
+            pipe.delete(f"{prefix}task:{task_id}", f"{prefix}events:{task_id}")
+        pipe.zrem(old_ids, *ids)
+        pipe.execute()
+    stale = [prefix + name for name in _OLD_INDEXES]
+    for pattern in ("active:*", "processing_by_model:*"):
+        stale += list(client.scan_iter(match=prefix + pattern, count=1000))
+    client.delete(*stale)
+    return converted
+
+
+def _old_task(task_id: str, fields: dict[str, str]) -> Task:
+    short = {FIELDS[name]: value for name, value in fields.items() if name in FIELDS}
+    return _task(task_id, short)
 
 
 class SharedRequestBudget(RequestBudget):

@@ -7,8 +7,11 @@ and with it its metric observation, happens once even if two pollers race.
 
 from __future__ import annotations
 
+import os
+import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +43,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (next_poll_at) WHERE finished_at IS NULL;
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created);
+DROP INDEX IF EXISTS tasks_status;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS source_state (
     source TEXT PRIMARY KEY,
@@ -54,6 +57,10 @@ CREATE TABLE IF NOT EXISTS task_events (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS store_probe (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_stats (
     model TEXT PRIMARY KEY,
     stats TEXT NOT NULL
@@ -120,6 +127,79 @@ CREATE TABLE IF NOT EXISTS finish_totals (
     PRIMARY KEY (model, status, reason, class)
 ) WITHOUT ROWID
 """
+# What the task API's list and the status page filter and order by: each query
+# reads its page from an index, never sorts a whole status or model.
+_LIST_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS tasks_status_id ON tasks (status, task_id)",
+    "CREATE INDEX IF NOT EXISTS tasks_model_id ON tasks (model, task_id)",
+    "CREATE INDEX IF NOT EXISTS tasks_model_status_id ON tasks (model, status, task_id)",
+    "CREATE INDEX IF NOT EXISTS tasks_finished_status ON tasks (status, finished_at)"
+    " WHERE finished_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_in_flight ON tasks"
+    " (COALESCE(created, discovered_at), task_id) WHERE finished_at IS NULL",
+    # Medians of completed durations per model: a seek to the middle entry.
+    "CREATE INDEX IF NOT EXISTS tasks_completed_duration ON tasks (model, duration_seconds)"
+    " WHERE status = 'completed' AND duration_seconds IS NOT NULL",
+)
+# Tasks per model (in flight, finished, failed, completed with a duration), kept
+# by triggers like the status counts: the status page and `models()` read a few
+# rows instead of grouping every task. '' stands for no model.
+_MODEL_COUNTS = """
+CREATE TABLE model_counts (
+    model TEXT PRIMARY KEY,
+    active INTEGER NOT NULL,
+    finished INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    timed INTEGER NOT NULL
+);
+CREATE TRIGGER tasks_model_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO model_counts (model, active, finished, failed, timed)
+    VALUES (COALESCE(NEW.model, ''), NEW.finished_at IS NULL, NEW.finished_at IS NOT NULL,
+        NEW.status = 'failed', NEW.status = 'completed' AND NEW.duration_seconds IS NOT NULL)
+    ON CONFLICT (model) DO UPDATE SET active = active + excluded.active,
+        finished = finished + excluded.finished, failed = failed + excluded.failed,
+        timed = timed + excluded.timed;
+END;
+CREATE TRIGGER tasks_model_delete AFTER DELETE ON tasks BEGIN
+    UPDATE model_counts SET active = active - (OLD.finished_at IS NULL),
+        finished = finished - (OLD.finished_at IS NOT NULL),
+        failed = failed - (OLD.status = 'failed'),
+        timed = timed - (OLD.status = 'completed' AND OLD.duration_seconds IS NOT NULL)
+    WHERE model = COALESCE(OLD.model, '');
+END;
+CREATE TRIGGER tasks_model_update AFTER UPDATE OF model, status, finished_at, duration_seconds
+ON tasks WHEN OLD.model IS NOT NEW.model OR OLD.status IS NOT NEW.status
+    OR OLD.finished_at IS NOT NEW.finished_at
+    OR OLD.duration_seconds IS NOT NEW.duration_seconds BEGIN
+    UPDATE model_counts SET active = active - (OLD.finished_at IS NULL),
+        finished = finished - (OLD.finished_at IS NOT NULL),
+        failed = failed - (OLD.status = 'failed'),
+        timed = timed - (OLD.status = 'completed' AND OLD.duration_seconds IS NOT NULL)
+    WHERE model = COALESCE(OLD.model, '');
+    INSERT INTO model_counts (model, active, finished, failed, timed)
+    VALUES (COALESCE(NEW.model, ''), NEW.finished_at IS NULL, NEW.finished_at IS NOT NULL,
+        NEW.status = 'failed', NEW.status = 'completed' AND NEW.duration_seconds IS NOT NULL)
+    ON CONFLICT (model) DO UPDATE SET active = active + excluded.active,
+        finished = finished + excluded.finished, failed = failed + excluded.failed,
+        timed = timed + excluded.timed;
+END;
+INSERT INTO model_counts (model, active, finished, failed, timed)
+SELECT COALESCE(model, ''), SUM(finished_at IS NULL), SUM(finished_at IS NOT NULL),
+    SUM(status = 'failed'), SUM(status = 'completed' AND duration_seconds IS NOT NULL)
+FROM tasks GROUP BY COALESCE(model, '');
+"""
+# Rows deleted per prune transaction: the writer's lock is released between
+# batches, so polls, registrations and scrapes never wait for a whole prune.
+PRUNE_BATCH = 1000
+PRUNE_ROUND = 50_000
+PRUNE_PAUSE_SECONDS = 0.002
+# Medians are recomputed at most this often (the status page shows them).
+MEDIAN_MAX_AGE_SECONDS = 60.0
+# Readers beside the one writer: WAL lets them read while it writes.
+READERS = 4
+# The WAL is cut back to this size after checkpoints (a big prune grew it).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
 # Columns added after the first release: (name, type), added to older files on open.
 _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
 _COLUMNS = (
@@ -133,18 +213,39 @@ class StoreError(Exception):
     """The store file cannot be opened or used."""
 
 
-class SqliteTaskStore:
-    """Thread-safe: one connection, one lock; every write is one transaction."""
+class FileReplaced(StoreError):
+    """The store's file is not the one it opened: deleted, moved or replaced."""
 
-    def __init__(self, path: Path | str) -> None:
+
+_DAMAGED_ADVICE = (
+    "stop the exporter, then restore the file from a backup, or move it (and its -wal and "
+    "-shm files) aside to start with an empty store (the tasks it tracked are forgotten)"
+)
+
+
+class SqliteTaskStore:
+    """Thread-safe. One writer connection behind a lock (every write is one
+    transaction) and a few reader connections that never take that lock: in WAL
+    mode readers see the last commit while the writer goes on."""
+
+    def __init__(self, path: Path | str, integrity_check: bool = True) -> None:
         self.path = str(path)
-        try:
-            if self.path != ":memory:":
+        if self.path != ":memory:":
+            try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder of the task store {self.path}: "
+                    f"{exc.strerror or exc}; choose a writable store.path"
+                ) from None
+        try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if integrity_check:
+                _quick_check(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer version (schema {version})")
@@ -154,10 +255,71 @@ class SqliteTaskStore:
             self._db.execute(_OLDEST_INDEX)
             self._db.execute(_FINISH_TOTALS)
             self._db.execute(_PROCESSING_INDEX)
+            for index in _LIST_INDEXES:
+                self._db.execute(index)
+            _add_model_counts(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+            self._reader_list: list[sqlite3.Connection] = []
+            if self.path != ":memory:":  # another connection would be another database
+                for _ in range(READERS):
+                    reader = sqlite3.connect(
+                        self.path, check_same_thread=False, isolation_level=None
+                    )
+                    reader.execute("PRAGMA query_only=1")
+                    reader.execute("PRAGMA busy_timeout=5000")
+                    self._reader_list.append(reader)
+                    self._readers.put(reader)
+        except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                raise StoreError(
+                    f"the task store {self.path} is damaged ({exc}); {_DAMAGED_ADVICE}"
+                ) from None
+            raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
+        self._identity = self._file_identity()
         self._lock = threading.Lock()
+        self._medians: dict[str | None, float] = {}
+        self._medians_at = -float("inf")
+        self._medians_lock = threading.Lock()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (found.st_dev, found.st_ino)
+
+    def check(self) -> None:
+        """FileReplaced if the file at `path` is not the one this store opened.
+
+        A deleted file stays writable through the open connection, and a replaced
+        one is not where the writes go: either way, what is written from now on
+        would be gone at the next start. A stat call: cheap enough for every write."""
+        if self._identity is None:
+            return
+        found = self._file_identity()
+        if found == self._identity:
+            return
+        what = "deleted" if found == (-1, -1) else "replaced by another file"
+        raise FileReplaced(
+            f"the task store {self.path} was {what} while the exporter ran; nothing more is "
+            "stored, as it would be lost: restart the exporter (it opens whatever file is "
+            "at that path then, or starts an empty one)"
+        )
+
+    def probe(self) -> None:
+        """One small write and a read: whether the store takes writes again."""
+        self.check()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO store_probe (id, at) VALUES (1, julianday('now'))"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+            )
+        self.count_by_status()
 
     def reports_store_gauges(self) -> bool:
         return True  # a SQLite file belongs to one agent
@@ -165,6 +327,23 @@ class SqliteTaskStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for reader in self._reader_list:
+                reader.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection (the writer's, under its lock, for :memory:)."""
+        if not self._reader_list:
+            with self._lock:
+                yield self._db
+            return
+        reader = self._readers.get()
+        try:
+            yield reader
+        finally:
+            if reader.in_transaction:  # a read cut short: release its snapshot
+                reader.execute("ROLLBACK")
+            self._readers.put(reader)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -175,7 +354,14 @@ class SqliteTaskStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a full disk) leaves the transaction open: end it,
+                # or every later write fails with "within a transaction".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def add(
         self,
@@ -217,8 +403,8 @@ class SqliteTaskStore:
 
     def due(self, now: float, limit: int) -> list[Task]:
         """Unfinished tasks whose next poll is due, most overdue first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL AND next_poll_at <= ?"
                 " ORDER BY next_poll_at LIMIT ?",
                 (now, limit),
@@ -272,8 +458,8 @@ class SqliteTaskStore:
 
     def finish_totals(self) -> dict[FinishLabels, int]:
         """Store-wide count of finishes per label set."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT model, status, reason, class, n FROM finish_totals"
             ).fetchall()
         return {
@@ -282,23 +468,23 @@ class SqliteTaskStore:
         }
 
     def get(self, task_id: str) -> Task | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
             ).fetchone()
         return _task(row) if row else None
 
     def count_by_status(self) -> dict[Status, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
         return {Status(status): count for status, count in rows}
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""
         result = {}
-        with self._lock:
+        with self._reading() as db:
             for status in ACTIVE_STATUSES:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT MIN(COALESCE(created, discovered_at)) FROM tasks WHERE status = ?",
                     (status.value,),
                 ).fetchone()
@@ -309,41 +495,74 @@ class SqliteTaskStore:
     def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
         """Per model (None: no model known), the earliest creation (or discovery)
         time of its tasks in `processing`; models with none are left out."""
-        with self._lock:
-            rows = self._db.execute(_OLDEST_PROCESSING, (limit,)).fetchall()
+        with self._reading() as db:
+            rows = db.execute(_OLDEST_PROCESSING, (limit,)).fetchall()
         return {model: float(oldest) for model, oldest in rows if oldest is not None}
 
     def models(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT DISTINCT model FROM tasks WHERE model IS NOT NULL LIMIT 1000"
+        """Models with tasks in the store, from the per-model counts (no scan)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT model FROM model_counts WHERE model != '' AND active + finished > 0"
+                " ORDER BY model LIMIT 1000"
             ).fetchall()
         return [row[0] for row in rows]
 
-    def prune(self, finished_before: float) -> int:
-        """Forget finished tasks older than the retention."""
-        with self._transaction() as db:
-            db.execute(
-                "DELETE FROM task_events WHERE task_id IN (SELECT task_id FROM tasks"
-                " WHERE finished_at IS NOT NULL AND finished_at < ?)",
-                (finished_before,),
-            )
-            return db.execute(
-                "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
-                (finished_before,),
-            ).rowcount
+    def prune(self, finished_before: float, batch: int = PRUNE_BATCH) -> int:
+        """Forget finished tasks older than the retention, `batch` per transaction.
+
+        The IDs due are read without the writer's lock (up to PRUNE_ROUND at a
+        time) and deleted in ID order, which keeps each batch's changes on few
+        pages of the ID-keyed indexes. The writer's lock is let go between
+        batches (and a moment given to whoever waits for it), so a prune of a
+        day's tasks never holds up polling or a registration for more than one
+        batch; readers never wait for it at all. The WAL it grew is checkpointed
+        and cut back at the end."""
+        removed = 0
+        while True:
+            with self._reading() as db:
+                due = sorted(
+                    row[0]
+                    for row in db.execute(
+                        "SELECT task_id FROM tasks INDEXED BY tasks_finished"
+                        " WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                        (finished_before, PRUNE_ROUND),
+                    )
+                )
+            for start in range(0, len(due), batch):
+                ids = due[start : start + batch]
+                marks = ", ".join("?" for _ in ids)
+                with self._transaction() as db:
+                    db.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", ids)
+                    removed += db.execute(
+                        f"DELETE FROM tasks WHERE task_id IN ({marks})"
+                        " AND finished_at IS NOT NULL AND finished_at < ?",
+                        (*ids, finished_before),
+                    ).rowcount
+                time.sleep(PRUNE_PAUSE_SECONDS)  # a lock waiter gets its turn
+            if len(due) < PRUNE_ROUND:
+                break
+        if removed:
+            self.checkpoint()
+        return removed
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and cut it back (to 0 when no reader
+        holds an old snapshot; else journal_size_limit applies at the next one)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def source_state(self, source: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT state FROM source_state WHERE source = ?", (source,)
             ).fetchone()
         return row[0] if row else None
 
     def load_model_stats(self) -> dict[str, str]:
         """What adaptive polling learnt per model (see poller/schedule.py)."""
-        with self._lock:
-            rows = self._db.execute("SELECT model, stats FROM model_stats LIMIT 1000").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT model, stats FROM model_stats LIMIT 1000").fetchall()
         return {model: stats for model, stats in rows}
 
     def save_model_stats(self, stats: dict[str, str | None]) -> None:
@@ -373,8 +592,8 @@ class SqliteTaskStore:
                 where.append(clause)
                 params.append(str(value))
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_COLUMNS} FROM tasks{condition} ORDER BY task_id LIMIT ?",
                 (*params, limit),
             ).fetchall()
@@ -382,8 +601,8 @@ class SqliteTaskStore:
 
     def events(self, task_id: str) -> list[TaskEvent]:
         """The task's status changes, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT at, status, previous FROM task_events WHERE task_id = ? ORDER BY seq",
                 (task_id,),
             ).fetchall()
@@ -397,8 +616,8 @@ class SqliteTaskStore:
 
     def in_flight(self, limit: int) -> list[Task]:
         """Unfinished tasks, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL"
                 " ORDER BY COALESCE(created, discovered_at), task_id LIMIT ?",
                 (limit,),
@@ -406,39 +625,66 @@ class SqliteTaskStore:
         return [_task(row) for row in rows]
 
     def latest_finished(self, statuses: Sequence[Status], limit: int) -> list[Task]:
-        """Finished tasks with one of these statuses, most recently finished first."""
-        if not statuses:
-            return []
-        marks = ", ".join("?" for _ in statuses)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NOT NULL"
-                f" AND status IN ({marks}) ORDER BY finished_at DESC, task_id LIMIT ?",
-                (*(status.value for status in statuses), limit),
-            ).fetchall()
-        return [_task(row) for row in rows]
+        """Finished tasks with one of these statuses, most recently finished first.
+
+        One index walk per status (newest first, `limit` rows each), merged: never
+        a sort of every failed task."""
+        found: list[Task] = []
+        with self._reading() as db:
+            for status in dict.fromkeys(statuses):
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_finished_status"
+                    " WHERE status = ? AND finished_at IS NOT NULL"
+                    " ORDER BY finished_at DESC LIMIT ?",
+                    (status.value, limit),
+                ).fetchall()
+                found += [_task(row) for row in rows]
+        found.sort(key=lambda task: (-(task.finished_at or 0.0), task.task_id))
+        return found[:limit]
 
     def model_summaries(self) -> list[ModelSummary]:
-        """Per model: tasks in flight, finished, failed, median duration of completed ones."""
-        with self._lock:
-            counts = self._db.execute(
-                "SELECT model, SUM(finished_at IS NULL), SUM(finished_at IS NOT NULL),"
-                " SUM(status = 'failed') FROM tasks GROUP BY model ORDER BY model LIMIT 1000"
+        """Per model: tasks in flight, finished, failed (kept by triggers, always
+        current), median duration of completed ones (at most MEDIAN_MAX_AGE_SECONDS
+        old: a seek into an index per model, done once a minute at most)."""
+        with self._reading() as db:
+            counts = db.execute(
+                "SELECT model, active, finished, failed, timed FROM model_counts"
+                " WHERE active + finished > 0 ORDER BY model LIMIT 1000"
             ).fetchall()
-            medians = dict(
-                self._db.execute(
-                    "WITH d AS (SELECT model, duration_seconds AS v, ROW_NUMBER() OVER"
-                    " (PARTITION BY model ORDER BY duration_seconds) AS n,"
-                    " COUNT(*) OVER (PARTITION BY model) AS c FROM tasks"
-                    " WHERE status = 'completed' AND duration_seconds IS NOT NULL)"
-                    " SELECT model, AVG(v) FROM d WHERE n IN ((c + 1) / 2, (c + 2) / 2)"
-                    " GROUP BY model"
-                ).fetchall()
-            )
+        medians = self._cached_medians([(model or None, timed) for model, *_, timed in counts])
         return [
-            ModelSummary(model, active, finished, failed, medians.get(model))
-            for model, active, finished, failed in counts
+            ModelSummary(model or None, active, finished, failed, medians.get(model or None))
+            for model, active, finished, failed, _ in counts
         ]
+
+    def _cached_medians(self, timed: list[tuple[str | None, int]]) -> dict[str | None, float]:
+        with self._medians_lock:  # one computation at a time; the others wait for it
+            now = time.monotonic()
+            if now - self._medians_at < MEDIAN_MAX_AGE_SECONDS:
+                return self._medians
+            medians = {}
+            with self._reading() as db:
+                for model, count in timed:
+                    if count > 0:
+                        value = _median_of(db, model, count)
+                        if value is not None:
+                            medians[model] = value
+            self._medians, self._medians_at = medians, time.monotonic()
+            return medians
+
+
+def _median_of(db: sqlite3.Connection, model: str | None, count: int) -> float | None:
+    """The median completed duration of a model: the middle one or two entries of
+    its part of the `tasks_completed_duration` index (`count` from model_counts)."""
+    rows = db.execute(
+        "SELECT duration_seconds FROM tasks INDEXED BY tasks_completed_duration"
+        " WHERE model IS ? AND status = 'completed' AND duration_seconds IS NOT NULL"
+        " ORDER BY duration_seconds LIMIT ? OFFSET ?",
+        (model, 2 - count % 2, (count - 1) // 2),
+    ).fetchall()
+    if not rows:
+        return None
+    return float(sum(row[0] for row in rows) / len(rows))
 
 
 # Status changes kept per task: a task that flaps must not grow the store.
@@ -474,6 +720,18 @@ def _add_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
 
+def _add_model_counts(db: sqlite3.Connection) -> None:
+    """Creates the per-model counts and their triggers, counted from the tasks, once."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_counts'").fetchone():
+        return
+    try:
+        db.executescript(f"BEGIN IMMEDIATE;{_MODEL_COUNTS}COMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def _add_status_counts(db: sqlite3.Connection) -> None:
     """Creates the counts table and its triggers, counted from the tasks, once."""
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'status_counts'").fetchone():
@@ -484,6 +742,16 @@ def _add_status_counts(db: sqlite3.Connection) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _quick_check(db: sqlite3.Connection, path: str) -> None:
+    """StoreError naming the file and what to do if SQLite finds it damaged."""
+    rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        found = "; ".join(str(row) for row in rows)[:500]
+        raise StoreError(
+            f"the task store {path} is damaged (quick_check: {found}); {_DAMAGED_ADVICE}"
+        )
 
 
 def _task(row: tuple[Any, ...]) -> Task:

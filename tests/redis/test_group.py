@@ -73,8 +73,8 @@ def status_requests(sim: Simulator) -> int:
 def finished_by(client: redis.Redis) -> dict[str, str | None]:
     """Every task in the store and the replica whose terminal record won."""
     result = {}
-    for key in client.scan_iter(match=f"{PREFIX}task:*", count=500):
-        result[key.removeprefix(f"{PREFIX}task:")] = client.hget(key, "finished_by")
+    for key in client.scan_iter(match=f"{PREFIX}t:*", count=500):
+        result[key.removeprefix(f"{PREFIX}t:")] = client.hget(key, "fb")
     return result
 
 
@@ -158,8 +158,8 @@ def test_three_replicas_finish_every_task_once_within_one_budget(
         replicas["r3"].kill()
         leased_by_r3 = sum(
             1
-            for key in redis_client.scan_iter(match=f"{PREFIX}task:*")
-            if redis_client.hget(key, "owner") == "r3"
+            for key in redis_client.scan_iter(match=f"{PREFIX}t:*")
+            if redis_client.hget(key, "o") == "r3"
         )
         through_stream(30)  # only the survivors are there to read these
 
@@ -218,7 +218,7 @@ def test_three_replicas_finish_every_task_once_within_one_budget(
             summed[status] += int(value)
     for task_id, winner in markers.items():
         if winner == "r3":
-            summed[str(redis_client.hget(f"{PREFIX}task:{task_id}", "status"))] += 1
+            summed[str(redis_client.hget(f"{PREFIX}t:{task_id}", "st"))] += 1
     assert {k: v for k, v in summed.items() if v} == dict(truth_status)
 
     # One budget for the group: no window of 4 s went past it (plus the burst).

@@ -1,0 +1,737 @@
+"""A day of a large account: 1.5 million tasks in the store, without a stall.
+
+    python -m bench.day_scale [--tasks 1500000] [--unfinished 100000] [--backend sqlite redis]
+
+About 1,000 tasks a minute for a day: `--tasks` in the store, of which
+`--unfinished` are in flight (created on an in-process simulator at time scale
+0.01, so they stay unfinished and the exporter polls them) and the rest
+finished over the last 24 hours (85 % completed, 10 % failed with an error
+text, the rest cancelled, expired or timed out; three status changes each).
+
+SQLite (seeded through the store's own schema, triggers and indexes: rows
+inserted into its tables, so its counts are what `apply` would have left):
+
+- rest: the exporter started on the store (retention 48 h: nothing to prune);
+  first HTTP answer and `/-/ready`; `/metrics` p50/p99 over `--scrapes`
+  sequential scrapes; the same while `--clients` clients reload `/status`
+  without pause; `/status` p50/p99 as those clients saw it; the task API's
+  filtered list pages (first page and a page deep in, by cursor); RSS.
+- prune: the exporter restarted with a 12 h retention, so its start-up prune
+  forgets half the finished tasks: ready, the prune's length (from the log),
+  every scrape during it (the longest), polls per second during it against at
+  rest, the WAL after it.
+- then, in this process on the same file, the store's old queries (as they
+  were before the day-scale work) against today's methods: ratios.
+
+Redis (`--backend redis`, a redis-server started here): the same tasks written
+with `RedisTaskStore.restore` (what the scripts leave); bytes per finished
+task; list filters, the latest failures, summaries; a prune of half the
+finished tasks and the longest read during it. The old layout's bytes per
+finished task are measured in the same run by writing `--old-sample` tasks
+with the store module as it was (`git show REV:exporter/store/redis.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import requests
+
+from bench.common import Exporter, machine, quantile, table, wait_until
+from exporter.api.auth import TOKEN_ENV
+from exporter.model import DiscoveredTask, Finish, Status, Task, TaskUpdate
+from exporter.simulator import Simulator, SimulatorSettings
+from exporter.store.base import TaskEvent
+from exporter.store.sqlite import _COLUMNS, SqliteTaskStore
+
+KEY = "sk-bench-day-scale"
+TOKEN = "bench-day-scale-token-0123456789abcdef"
+DAY = 86400.0
+MODELS = (  # (model, kind, share)
+    ("flux-pro", "image", 0.3),
+    ("flux-schnell", "image", 0.2),
+    ("dall-e-3", "image", 0.15),
+    ("midjourney", "image", 0.15),
+    ("gpt-image-1", "image", 0.1),
+    ("veo-3", "video", 0.07),
+    ("sora-2", "video", 0.03),
+)
+ENDS = (  # (status, share)
+    (Status.COMPLETED, 0.85),
+    (Status.FAILED, 0.10),
+    (Status.CANCELLED, 0.02),
+    (Status.EXPIRED, 0.02),
+    (Status.TIMEOUT, 0.01),
+)
+ERRORS = (
+    ("content_policy", "Your request was rejected as a result of our safety system."),
+    ("upstream_error", "The upstream provider returned an error: 503 Service Unavailable"),
+    ("timeout", "Generation timed out after 600 seconds"),
+)
+# The revision whose store is "before" (the last one before the day-scale work).
+OLD_REVISION = "485ffb0"
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+# ---- the day's tasks ---------------------------------------------------------------
+
+
+def pick(rng: random.Random, choices: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+    roll, acc = rng.random(), 0.0
+    for choice in choices:
+        acc += choice[-1]
+        if roll < acc:
+            return choice
+    return choices[-1]
+
+
+def finished_tasks(count: int, now: float, seed: int = 1) -> Iterator[tuple[Task, list[TaskEvent]]]:
+    """`count` finished tasks over the last 24 h, IDs in sorted order."""
+    rng = random.Random(seed)
+    ids = sorted(f"img_{rng.getrandbits(96):024x}" for _ in range(count))
+    for task_id in ids:
+        model, kind, _ = pick(rng, MODELS)
+        status = pick(rng, ENDS)[0]
+        duration = rng.lognormvariate(4.0 if kind == "image" else 5.5, 0.5)
+        finished_at = now - rng.uniform(0, DAY)
+        created = finished_at - duration
+        discovered = created + 0.4
+        reason = message = None
+        if status is Status.FAILED:
+            reason, message = rng.choice(ERRORS)
+        task = Task(
+            task_id=task_id if kind == "image" else "vid_" + task_id[4:],
+            source="file",
+            model=model,
+            poll_url=None if kind == "image" else f"/v1/tasks/vid_{task_id[4:]}",
+            status=status,
+            discovered_at=discovered,
+            next_poll_at=finished_at,
+            created=created,
+            first_seen=discovered + 0.3,
+            last_polled=finished_at,
+            processing_seen=created + 2.0,
+            attempts=rng.randint(3, 12),
+            consecutive_errors=0,
+            finished_at=finished_at,
+            duration_seconds=round(duration, 3) if status is Status.COMPLETED else None,
+            reason=reason,
+            error_message=message,
+        )
+        events = [
+            TaskEvent(discovered + 0.3, Status.PENDING, Status.UNKNOWN),
+            TaskEvent(created + 2.0, Status.PROCESSING, Status.PENDING),
+            TaskEvent(finished_at, status, Status.PROCESSING),
+        ]
+        yield task, events
+
+
+def create_unfinished(sim: Simulator, count: int, now: float, seed: int = 2) -> list[Task]:
+    """Tasks the simulator knows, unfinished for hours (time scale 0.01)."""
+    rng = random.Random(seed)
+    tasks = []
+    for _ in range(count):
+        model, kind, _ = pick(rng, MODELS)
+        answer = sim.create_task(model=model, kind=kind)
+        created = now - rng.uniform(0, 600)
+        status = Status.PROCESSING if rng.random() < 0.8 else Status.PENDING
+        tasks.append(
+            Task(
+                task_id=str(answer["task_id"]),
+                source="file",
+                model=model,
+                poll_url=str(answer["poll_url"]),
+                status=status,
+                discovered_at=created + 0.4,
+                next_poll_at=now + rng.uniform(0, 600),
+                created=created,
+                first_seen=created + 0.7,
+                last_polled=now - rng.uniform(0, 30),
+                processing_seen=created + 2.0 if status is Status.PROCESSING else None,
+                attempts=rng.randint(1, 6),
+                consecutive_errors=0,
+            )
+        )
+    return tasks
+
+
+# ---- SQLite ----------------------------------------------------------------------------
+
+
+def seed_sqlite(path: Path, finished: int, unfinished: list[Task], now: float) -> None:
+    """Rows straight into the store's tables; its triggers keep the counts."""
+    store = SqliteTaskStore(path, integrity_check=False)
+    db = store._db
+    # Seeding only: a page cache that holds the indexes, no fsync.
+    db.execute("PRAGMA cache_size=-1000000")
+    db.execute("PRAGMA synchronous=OFF")
+    columns = _COLUMNS.split(", ")
+    insert = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' for _ in columns)})"
+    event = "INSERT INTO task_events (task_id, at, previous, status) VALUES (?, ?, ?, ?)"
+
+    def rows(task: Task) -> tuple[Any, ...]:
+        values = [getattr(task, name) for name in columns]
+        values[columns.index("status")] = task.status.value
+        return tuple(values)
+
+    chunk: list[tuple[Task, list[TaskEvent]]] = []
+
+    def flush() -> None:
+        db.execute("BEGIN")
+        db.executemany(insert, [rows(task) for task, _ in chunk])
+        db.executemany(
+            event,
+            [
+                (task.task_id, e.at, e.previous.value, e.status.value)
+                for task, events in chunk
+                for e in events
+            ],
+        )
+        db.execute("COMMIT")
+        chunk.clear()
+
+    for item in finished_tasks(finished, now):
+        chunk.append(item)
+        if len(chunk) == 50_000:
+            flush()
+    chunk += [(task, []) for task in unfinished]
+    flush()
+    store.checkpoint()
+    store.close()
+
+
+def exporter_on(workdir: Path, path: Path, sim_url: str, retention: float) -> Exporter:
+    exporter = Exporter(
+        workdir,
+        {
+            "api": {"base_url": sim_url},
+            "store": {"path": str(path), "retention_seconds": retention},
+            "log_level": "info",
+        },
+        KEY,
+    )
+    exporter.env[TOKEN_ENV] = TOKEN
+    return exporter
+
+
+def timed_get(session: requests.Session, url: str, **kwargs: Any) -> float:
+    started = time.perf_counter()
+    answer = session.get(url, timeout=120, **kwargs)
+    took = time.perf_counter() - started
+    assert answer.status_code == 200, (url, answer.status_code, answer.text[:300])
+    return took
+
+
+def scrapes(url: str, count: int, pause: float = 0.02) -> list[float]:
+    session = requests.Session()
+    result = []
+    for _ in range(count):
+        result.append(timed_get(session, f"{url}/metrics"))
+        time.sleep(pause)
+    return result
+
+
+@contextlib.contextmanager
+def status_load(url: str, clients: int) -> Iterator[list[float]]:
+    """`clients` threads reloading /status without pause; yields their latencies."""
+    stop = threading.Event()
+    seen: list[float] = []
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            seen.append(timed_get(session, f"{url}/status"))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+
+
+def requests_sent(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=60).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("lemondata_api_requests_total{")
+    )
+
+
+def api_lists(url: str, deep_after: str) -> list[list[object]]:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {TOKEN}"
+    rows: list[list[object]] = []
+    for query in (
+        "status=completed",
+        "model=veo-3",
+        "status=failed&model=sora-2",
+        "status=processing",
+        "status=timeout&model=veo-3",
+        f"status=completed&cursor={deep_after}",
+        f"model=veo-3&cursor={deep_after}",
+        f"cursor={deep_after}",
+    ):
+        times = [timed_get(session, f"{url}/api/v1/tasks?{query}&limit=100") for _ in range(20)]
+        rows.append([f"`/api/v1/tasks?{query}`", ms(quantile(times, 0.5)), ms(max(times))])
+    return rows
+
+
+def log_time(line: str) -> float:
+    stamp = line.split(" ", 1)[0]
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
+    now = time.time()
+    sim = Simulator(
+        SimulatorSettings(
+            port=0,
+            api_keys=(KEY,),
+            time_scale=0.01,
+            seed=3,
+            rate_limit_per_minute=0,
+            lost_fraction=0.0,
+            retention_seconds=10 * DAY,
+        )
+    )
+    sim.start()
+    out = []
+    try:
+        started = time.monotonic()
+        unfinished = create_unfinished(sim, args.unfinished, now)
+        path = workdir / "store.db"
+        seed_sqlite(path, args.tasks - args.unfinished, unfinished, now)
+        size = path.stat().st_size
+        print(
+            f"sqlite: seeded {args.tasks} tasks in {time.monotonic() - started:.0f} s, "
+            f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task)",
+            flush=True,
+        )
+        deep_after = sorted(t.task_id for t in unfinished)[len(unfinished) // 2]
+        # -- at rest
+        exporter = exporter_on(workdir / "rest", path, sim.url, 2 * DAY)
+        ready = exporter.start(ready_timeout=600)
+        first_answer = exporter.serving_after
+        try:
+            before = requests_sent(exporter.url), time.monotonic()
+            rest = scrapes(exporter.url, args.scrapes)
+            after = requests_sent(exporter.url), time.monotonic()
+            rest_rate = (after[0] - before[0]) / (after[1] - before[1])
+            with status_load(exporter.url, args.clients) as pages:
+                loaded = scrapes(exporter.url, args.scrapes)
+            lists = api_lists(exporter.url, deep_after)
+            rss = exporter.rss_bytes()
+        finally:
+            exporter.stop()
+        print(f"sqlite: rest done, ready {ready:.2f} s", flush=True)
+        # -- start-up prune of half the finished tasks
+        counts_before = SqliteTaskStore(path, integrity_check=False)
+        total_before = sum(counts_before.count_by_status().values())
+        counts_before.close()
+        exporter = exporter_on(workdir / "prune", path, sim.url, DAY / 2)
+        during: list[tuple[float, float]] = []  # (when, latency)
+        stop = threading.Event()
+
+        def scrape_through_prune() -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                at = time.monotonic()
+                try:
+                    answer = session.get(f"{exporter.url}/metrics", timeout=120)
+                except requests.ConnectionError:
+                    time.sleep(0.01)
+                    continue
+                if answer.status_code == 200:
+                    during.append((at, time.monotonic() - at))
+                time.sleep(0.02)
+
+        scraper = threading.Thread(target=scrape_through_prune, daemon=True)
+        spawned = time.monotonic()
+        scraper.start()
+        prune_ready = exporter.start(ready_timeout=600)
+        try:
+            sent_start = requests_sent(exporter.url), time.monotonic()
+            wait_until(lambda: "forgot" in exporter.log_text(), 1800, "the start-up prune")
+            sent_end = requests_sent(exporter.url), time.monotonic()
+            stop.set()
+            scraper.join(120)
+            log = exporter.log_text()
+            listening = next(line for line in log.splitlines() if "listening on" in line)
+            forgot = next(line for line in log.splitlines() if "forgot" in line)
+            pruned = int(re.search(r"forgot (\d+)", forgot).group(1))  # type: ignore[union-attr]
+            prune_seconds = log_time(forgot) - log_time(listening)
+            prune_rate = (sent_end[0] - sent_start[0]) / (sent_end[1] - sent_start[1])
+            wal = Path(f"{path}-wal")
+            wal_size = wal.stat().st_size if wal.exists() else 0
+            end = spawned + (sent_end[1] - spawned)
+            window = [latency for at, latency in during if at <= end]
+        finally:
+            stop.set()
+            exporter.stop()
+        print(f"sqlite: prune done, {pruned} in {prune_seconds:.1f} s", flush=True)
+        old_vs_new = compare_queries(path)
+    finally:
+        sim.stop()
+    out.append(
+        f"SQLite: {args.tasks:,} tasks ({args.unfinished:,} unfinished), file "
+        f"{size / 2**20:.0f} MiB ({size / args.tasks:.0f} B a task, events included)\n"
+    )
+    out.append(
+        table(
+            ["", "value"],
+            [
+                ["first HTTP answer s", first_answer],
+                ["ready s", ready],
+                ["RSS after the rest phase MB", rss / 2**20],
+                [
+                    "`/metrics` p50 / p99 ms at rest",
+                    f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
+                ],
+                [
+                    f"`/metrics` p50 / p99 ms, {args.clients} clients on `/status`",
+                    f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
+                    f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
+                ],
+                [
+                    "`/status` p50 / p99 ms (as those clients saw it)",
+                    f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
+                    f" ({len(pages)} loads)",
+                ],
+                ["ready s, with half the finished tasks due for pruning", prune_ready],
+                [f"start-up prune of {pruned:,} of {total_before:,} tasks s", prune_seconds],
+                [
+                    f"`/metrics` during that prune: {len(window)} scrapes, p50 / p99 / longest ms",
+                    f"{ms(quantile(window, 0.5)):.1f} / {ms(quantile(window, 0.99)):.1f} / "
+                    f"{ms(max(window, default=0)):.1f}"
+                    f" ({quantile(window, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
+                ],
+                ["polls/s at rest / during the prune", f"{rest_rate:.2f} / {prune_rate:.2f}"],
+                ["WAL after the prune MB", wal_size / 2**20],
+            ],
+        )
+    )
+    out.append("\nTask API list pages (limit 100, 20 requests each):\n")
+    out.append(table(["query", "p50 ms", "max ms"], lists))
+    out.append(
+        f"\nOld queries against today's methods, in-process on the same file "
+        f"(after the prune: {total_before - pruned:,} tasks):\n"
+    )
+    out.append(table(["query", "before ms", "now ms", "ratio"], old_vs_new))
+    return "\n".join(out)
+
+
+# The store's queries before the day-scale work (exporter/store/sqlite.py at OLD_REVISION).
+OLD_QUERIES: dict[str, str] = {
+    "model_summaries (counts)": "SELECT model, SUM(finished_at IS NULL), SUM(finished_at IS NOT"
+    " NULL), SUM(status = 'failed') FROM tasks GROUP BY model ORDER BY model LIMIT 1000",
+    "model_summaries (medians)": "WITH d AS (SELECT model, duration_seconds AS v, ROW_NUMBER()"
+    " OVER (PARTITION BY model ORDER BY duration_seconds) AS n, COUNT(*) OVER (PARTITION BY"
+    " model) AS c FROM tasks WHERE status = 'completed' AND duration_seconds IS NOT NULL)"
+    " SELECT model, AVG(v) FROM d WHERE n IN ((c + 1) / 2, (c + 2) / 2) GROUP BY model",
+    "latest_finished (20 failures)": f"SELECT {_COLUMNS} FROM tasks NOT INDEXED WHERE"
+    " finished_at IS NOT NULL AND status IN ('failed', 'expired', 'timeout')"
+    " ORDER BY finished_at DESC, task_id LIMIT 20",
+    "models() at start-up": "SELECT DISTINCT model FROM tasks NOT INDEXED WHERE model IS NOT"
+    " NULL LIMIT 1000",
+}
+
+
+def compare_queries(path: Path) -> list[list[object]]:
+    """Each old query (read without the new indexes where it matters: NOT INDEXED
+    reproduces the old plans' full reads) against today's method."""
+    store = SqliteTaskStore(path, integrity_check=False)
+    db = store._db
+    # Seeding only: a page cache that holds the indexes, no fsync.
+    db.execute("PRAGMA cache_size=-1000000")
+    db.execute("PRAGMA synchronous=OFF")
+
+    def best(call: Callable[[], object], repeat: int = 3) -> float:
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    def fresh_summaries() -> object:
+        store._medians_at = -float("inf")
+        return store.model_summaries()
+
+    now_calls: dict[str, Callable[[], object]] = {
+        "model_summaries (counts)": lambda: store.model_summaries(),
+        "model_summaries (medians)": fresh_summaries,
+        "latest_finished (20 failures)": lambda: store.latest_finished(
+            (Status.FAILED, Status.EXPIRED, Status.TIMEOUT), 20
+        ),
+        "models() at start-up": store.models,
+    }
+    rows: list[list[object]] = []
+    for name, query in OLD_QUERIES.items():
+        old = best(lambda q=query: db.execute(q).fetchall(), 1)  # type: ignore[misc]
+        new = best(now_calls[name])
+        rows.append([name, ms(old), ms(new), f"{old / new:.0f}x"])
+    store.close()
+    return rows
+
+
+# ---- Redis -----------------------------------------------------------------------------
+
+
+def old_redis_module() -> ModuleType:
+    source = subprocess.run(
+        ["git", "show", f"{OLD_REVISION}:exporter/store/redis.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    spec_path = Path(tempfile.mkdtemp(prefix="old-redis-")) / "old_redis_store.py"
+    spec_path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_redis_store", spec_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]]) -> None:
+    """add + apply for each change, as polling would (for the old layout)."""
+    for task, events in tasks:
+        store.add(
+            [DiscoveredTask(task.task_id, task.source, task.model, task.poll_url)],
+            task.discovered_at,
+        )
+        for event in events:
+            finish = (
+                Finish(event.status, task.duration_seconds, error_message=task.error_message)
+                if event.status is task.status and task.finished_at is not None
+                else None
+            )
+            update = TaskUpdate(
+                status=event.status,
+                next_poll_at=event.at + 5,
+                consecutive_errors=0,
+                created=task.created,
+                model=task.model,
+                first_seen=task.first_seen,
+                processing_seen=task.processing_seen,
+                last_polled=event.at,
+                finish=finish,
+            )
+            store.apply(task.task_id, update, event.at, task.reason)
+
+
+def used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def run_redis(args: argparse.Namespace, workdir: Path) -> str:
+    from exporter.store.redis import RedisTaskStore
+    from tests.redis.server import RedisServer
+
+    (workdir / "redis").mkdir(parents=True, exist_ok=True)
+    server = RedisServer(workdir / "redis").start()
+    try:
+        client = server.client()
+        now = time.time()
+        # Before/after bytes per finished task, same tasks, same server.
+        sample = list(finished_tasks(args.old_sample, now, seed=7))
+        old = old_redis_module().RedisTaskStore(server.url, prefix="old:", client=client)
+        base = used_memory(client)
+        write_through_scripts(old, sample)
+        old_bytes = (used_memory(client) - base) / len(sample)
+        client.flushdb()
+        new = RedisTaskStore(server.url, prefix="new:", client=client)
+        base = used_memory(client)
+        write_through_scripts(new, sample)
+        new_bytes = (used_memory(client) - base) / len(sample)
+        client.flushdb()
+        # The day.
+        store = RedisTaskStore(server.url, prefix="lemondata:", client=client)
+        base = used_memory(client)
+        started = time.monotonic()
+        finished = args.tasks - args.unfinished
+        batch: list[tuple[Task, list[TaskEvent]]] = []
+        for item in finished_tasks(finished, now):
+            batch.append(item)
+            if len(batch) == 5000:
+                store.restore(batch)
+                batch = []
+        store.restore(batch)
+        rng = random.Random(4)
+        unfinished = []
+        for n in range(args.unfinished):
+            model, _, _ = pick(rng, MODELS)
+            created = now - rng.uniform(0, 600)
+            unfinished.append(
+                (
+                    Task(
+                        f"img_u{n:023x}",
+                        "file",
+                        model,
+                        None,
+                        Status.PROCESSING,
+                        created + 0.4,
+                        now + rng.uniform(0, 600),
+                        created,
+                        created + 0.7,
+                        now,
+                        created + 2,
+                        3,
+                        0,
+                    ),
+                    [TaskEvent(created + 2, Status.PROCESSING, Status.UNKNOWN)],
+                )
+            )
+        for start in range(0, len(unfinished), 5000):
+            store.restore(unfinished[start : start + 5000])
+        seeded = time.monotonic() - started
+        day_bytes = used_memory(client) - base
+        print(f"redis: seeded {args.tasks} in {seeded:.0f} s", flush=True)
+        deep_after = unfinished[len(unfinished) // 2][0].task_id
+
+        def timed(call: Callable[[], object], repeat: int = 20) -> tuple[float, float]:
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            return ms(quantile(times, 0.5)), ms(max(times))
+
+        def fresh_summaries() -> object:
+            store._medians_at = -float("inf")
+            return store.model_summaries()
+
+        reads = [
+            ["list status=completed", *timed(lambda: store.list_tasks(Status.COMPLETED))],
+            ["list model=veo-3", *timed(lambda: store.list_tasks(model="veo-3"))],
+            [
+                "list status=failed model=sora-2",
+                *timed(lambda: store.list_tasks(Status.FAILED, "sora-2")),
+            ],
+            [
+                "list status=timeout model=nope (no match)",
+                *timed(lambda: store.list_tasks(Status.TIMEOUT, "nope")),
+            ],
+            [
+                "list after a cursor, no filter",
+                *timed(lambda: store.list_tasks(after=deep_after)),
+            ],
+            [
+                "latest_finished (20 failures)",
+                *timed(
+                    lambda: store.latest_finished(
+                        (Status.FAILED, Status.EXPIRED, Status.TIMEOUT), 20
+                    )
+                ),
+            ],
+            ["model_summaries (medians recomputed)", *timed(fresh_summaries, 5)],
+            [
+                "count_by_status + oldest_active (a scrape's reads)",
+                *timed(
+                    lambda: (
+                        store.count_by_status(),
+                        store.oldest_active(),
+                        store.oldest_processing_by_model(),
+                    )
+                ),
+            ],
+        ]
+        # A prune of half the finished tasks, with a scrape's reads looping meanwhile.
+        worst = [0.0]
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                store.count_by_status()
+                store.oldest_active()
+                worst[0] = max(worst[0], time.perf_counter() - started)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        pruned = store.prune(now - DAY / 2)
+        prune_seconds = time.monotonic() - started
+        stop.set()
+        thread.join(30)
+        after_prune = used_memory(client) - base
+    finally:
+        server.stop()
+    rows = [
+        [
+            "bytes per finished task, old layout (same tasks, written through the scripts)",
+            old_bytes,
+        ],
+        [
+            "bytes per finished task, now (same tasks)",
+            f"{new_bytes:.0f} ({old_bytes / new_bytes:.2f}x less)",
+        ],
+        [f"memory for the day ({args.tasks:,} tasks) MB", day_bytes / 2**20],
+        ["seeding s (restore, pipelined)", seeded],
+        [f"prune of {pruned:,} finished tasks s", prune_seconds],
+        ["longest scrape read (counts + oldest) during the prune ms", ms(worst[0])],
+        ["memory after the prune MB", after_prune / 2**20],
+    ]
+    return (
+        f"Redis ({args.tasks:,} tasks):\n\n"
+        + table(["", "value"], rows)
+        + "\n\nReads, in-process (p50 / max of 20, ms):\n\n"
+        + table(["read", "p50 ms", "max ms"], reads)
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_500_000)
+    parser.add_argument("--unfinished", type=int, default=100_000)
+    parser.add_argument("--backend", nargs="+", default=["sqlite", "redis"])
+    parser.add_argument("--scrapes", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--old-sample", type=int, default=20_000)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-day-"))
+    parts = [
+        f"Machine: {machine()}",
+        f"Command: python -m bench.day_scale {' '.join(sys.argv[1:])}",
+    ]
+    try:
+        if "sqlite" in args.backend:
+            parts.append(run_sqlite(args, workdir))
+        if "redis" in args.backend:
+            parts.append(run_redis(args, workdir))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
