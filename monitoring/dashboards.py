@@ -69,7 +69,6 @@ BURN_WINDOWS = tuple(w for w in rules.SLI_WINDOWS if w in ("5m", "1h", "6h", "1d
 FAST_BURN = rules.BURN_WINDOWS[0].factor
 SLOW_BURN = rules.BURN_WINDOWS[1].factor
 
-FAILED = 'status=~"failed|expired|timeout"'
 # Availability errors that are not `failed` tasks: the task never got a result.
 LOST = 'status=~"expired|timeout"'
 SERVICE = 'class="service"'
@@ -860,14 +859,14 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
         table_panel(
             "Models over the time range",
             "One line per model over the dashboard's time range: finished tasks, failure "
-            "ratio (failed, expired, timed out; cancelled left out), failures by class, and "
-            "time to completion (p50, p95). A model with nothing to measure has an empty "
-            "cell, never NaN.",
+            "ratio (as the Failure ratio stat: the service's failures, expiries and "
+            "timeouts; cancelled left out), failures by class, and time to completion "
+            "(p50, p95). A model with nothing to measure has an empty cell, never NaN.",
             [
                 instant(f"sum by (model) ({increase(STORE_FINISHED, rm)})", ref="A"),
                 instant(
                     ratio(
-                        f"sum by (model) ({increase(STORE_FINISHED, _join(rm, FAILED))})",
+                        availability_errors(rm, "$__range", "model"),
                         counted_finishes(rm, "$__range", "model"),
                     ),
                     ref="B",

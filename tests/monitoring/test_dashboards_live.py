@@ -342,6 +342,9 @@ def test_the_model_table_has_a_row_per_model(stack: Stack) -> None:
     assert set(by_ref["C"]) == models and set(by_ref["D"]) == models  # failures at zero too
     assert by_ref["D"]["flux-pro"] > 0  # content_policy: the caller's fault
     assert by_ref["C"]["flux-schnell"] > 0  # upstream_error: the service's
+    # the failure ratio counts the service's failures only
+    assert by_ref["B"]["flux-schnell"] > 0
+    assert by_ref["B"]["flux-pro"] == 0
 
 
 def _label_values(stack: Stack, variable_query: str) -> set[str]:
