@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -417,6 +416,9 @@ def heatmap_panel(
 # ---- dashboards -----------------------------------------------------------------------
 
 
+AnyPanel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
+
+
 class Board:
     """A dashboard being built: numbers panels, lays them out left to right in rows of 24."""
 
@@ -469,9 +471,9 @@ class Board:
     def row(self, title: str) -> None:
         self.builder.with_row(dash.Row(title).id(self._id()))
 
-    def add(self, panel: cogbuilder.Builder[model.Panel], w: int, h: int) -> None:
-        placed: Any = panel
-        self.builder.with_panel(placed.id(self._id()).span(w).height(h))
+    def add(self, panel: AnyPanel, w: int, h: int) -> None:
+        """Adds `panel`, `w` columns wide and `h` rows high, after the last one."""
+        self.builder.with_panel(panel.id(self._id()).span(w).height(h))
 
     def build(self) -> model.Dashboard:
         return self.builder.build()
