@@ -291,7 +291,7 @@ def test_every_panel_query_runs_and_shows_data(stack: Stack, config_name: str) -
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
-def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None:
+def test_stats_and_tables_never_show_nan_or_a_negative(stack: Stack, config_name: str) -> None:
     # Wait for a finished task of every model, then read every instant query.
     wait_for(
         lambda: len(stack.query("sum by (model) (lemondata:store_tasks_finished:max) > 0")) >= 4,
@@ -309,6 +309,9 @@ def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None
                 panel["title"],
                 expr,
             )
+            # no count, age, ratio or "resets in" below zero; only a budget can be overspent
+            if "budget left" not in panel["title"]:
+                assert number >= 0, (path, panel["title"], number)
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))

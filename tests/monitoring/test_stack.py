@@ -15,8 +15,8 @@ Everything runs on loopback, on free ports, in a temporary folder:
   so the rule logic under test is the shipped one.
 
 Every rule loads and evaluates, and nothing fires while tasks flow normally
-(the dashboards' queries run in test_dashboards_live.py). The alert scenarios (faults, firing and resolving,
-inhibition) are in test_alert_scenarios.py.
+(the dashboards' queries run in test_dashboards_live.py). The alert scenarios
+(faults, firing and resolving, inhibition) are in test_alert_scenarios.py.
 """
 
 from __future__ import annotations
