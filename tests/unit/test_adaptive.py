@@ -311,3 +311,15 @@ def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
     # The young ones are the most overdue, but the least likely to have finished.
     assert sorted(client.polled) == ["new", "old1", "old2"]
     assert result.lag == pytest.approx(10.0)  # the deferred, most overdue task says so
+
+
+def test_a_plan_is_a_snapshot_later_finishes_do_not_change() -> None:
+    learner = learner_with({"m": uniform(30, 60, 400)})
+    schedule = AdaptiveSchedule(learner, PARAMS)
+    plan = schedule.plan()
+    before = plan.delay("m", 5.0, None)
+    for _ in range(400):  # the model turns fast
+        schedule.observe_finish("m", 2.0)
+    assert plan.delay("m", 5.0, None) == before  # the decision already taken stays
+    assert schedule.plan().delay("m", 5.0, None) != before
+    assert plan.delay("unknown-model", 5.0, None) == PARAMS.dense_interval
