@@ -15,8 +15,8 @@ from typing import Any
 
 import requests
 
-from tests.e2e.harness import ExporterProcess, wait_for
-from tests.e2e.harness import free_port as free_port  # re-exported for the benchmarks
+from tests.harness import ExporterProcess, wait_for
+from tests.harness import free_port as free_port  # re-exported for the benchmarks
 
 # Benchmarks wait the way the tests do.
 wait_until = wait_for

@@ -551,7 +551,7 @@ def used_memory(client: Any) -> int:
 
 def run_redis(args: argparse.Namespace, workdir: Path) -> str:
     from exporter.store.redis import RedisTaskStore
-    from tests.redis.server import RedisServer
+    from tests.harness import RedisServer
 
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
     server = RedisServer(workdir / "redis").start()

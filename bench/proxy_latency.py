@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,25 +26,13 @@ from pathlib import Path
 import requests
 import yaml
 
+from tests.harness import free_port, wait_for
+
 KEY = "sk-proxy-benchmark-key"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+def wait_up(url: str, timeout: float = 30.0) -> None:
+    wait_for(lambda: requests.get(url, timeout=1).status_code < 500, timeout, url)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,8 +71,8 @@ def main() -> int:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for(f"{sim_url}/_sim/health")
-        wait_for(f"http://127.0.0.1:{web_port}/-/ready")
+        wait_up(f"{sim_url}/_sim/health")
+        wait_up(f"http://127.0.0.1:{web_port}/-/ready")
         bases = {"direct": sim_url, "proxy": f"http://127.0.0.1:{proxy_port}"}
         sessions = {name: requests.Session() for name in bases}
         for session in sessions.values():

@@ -150,6 +150,32 @@ def des_section(hours: float, seed: int) -> tuple[str, dict[str, Any]]:
     return text, data
 
 
+def real_config(
+    sim_url: str, workdir: Path, tasks_file: Path, scale: float, strategy: str
+) -> dict[str, Any]:
+    """One exporter's config for the real section, every interval divided by `scale`."""
+    scaled = {
+        "cycle_interval_seconds": 0.25,
+        "task_interval_seconds": 3 if strategy == "fixed" else 5,
+        "max_wait_seconds": 1800,
+        "backoff_base_seconds": 2,
+        "backoff_max_seconds": 300,
+        "max_interval_seconds": 30,
+        "freshness_target_seconds": 3,
+    }
+    return {
+        "api": {"base_url": sim_url, "max_connections": 8},
+        "polling": {
+            **{k: v / scale for k, v in scaled.items()},
+            "strategy": strategy,
+            "requests_per_second": 1000,
+        },
+        "store": {"path": str(workdir / strategy / "store.db")},
+        "discovery": {"interval_seconds": 2 / scale, "files": [{"path": str(tasks_file)}]},
+        "log_level": "warning",
+    }
+
+
 def real_section(scale: float, minutes: float, seed: int) -> tuple[str, dict[str, Any]]:
     """Both exporters against one simulator, every interval divided by `scale`."""
     warmup = WARMUP / 2
@@ -164,30 +190,8 @@ def real_section(scale: float, minutes: float, seed: int) -> tuple[str, dict[str
     tasks_file = workdir / "tasks.jsonl"
     tasks_file.touch()
 
-    def config(polling: dict[str, Any]) -> dict[str, Any]:
-        scaled = {
-            "cycle_interval_seconds": 0.25,
-            "task_interval_seconds": 3 if polling["strategy"] == "fixed" else 5,
-            "max_wait_seconds": 1800,
-            "backoff_base_seconds": 2,
-            "backoff_max_seconds": 300,
-            "max_interval_seconds": 30,
-            "freshness_target_seconds": 3,
-        }
-        return {
-            "api": {"base_url": sim.url, "max_connections": 8},
-            "polling": {
-                **{k: v / scale for k, v in scaled.items()},
-                "strategy": polling["strategy"],
-                "requests_per_second": 1000,
-            },
-            "store": {"path": str(workdir / polling["strategy"] / "store.db")},
-            "discovery": {"interval_seconds": 2 / scale, "files": [{"path": str(tasks_file)}]},
-            "log_level": "warning",
-        }
-
     exporters = {
-        name: Exporter(workdir / name, config({"strategy": name}), KEY)
+        name: Exporter(workdir / name, real_config(sim.url, workdir, tasks_file, scale, name), KEY)
         for name in ("fixed", "adaptive")
     }
     try:

@@ -25,9 +25,9 @@ from pathlib import Path
 import requests
 
 from bench.common import machine, quantile, start_simulator, table
-from tests.e2e.harness import ExporterProcess, free_port
 from tests.hardening.raw import threads
 from tests.hardening.support import rss_mib
+from tests.harness import ExporterProcess, free_port
 
 KEY = "sk-bench-slow-clients-0123456789"
 

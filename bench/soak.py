@@ -28,7 +28,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ from typing import Any
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import free_port, wait_for
 
 KEY = "sk-soak-benchmark-key"
 MODELS = (
@@ -73,22 +74,8 @@ FAULT_MIX: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"not ready after {timeout} s: {url}")
+def wait_up(url: str, timeout: float = 30.0) -> None:
+    wait_for(lambda: requests.get(url, timeout=1).status_code == 200, timeout, url)
 
 
 def proc_status(pid: int) -> tuple[float, int]:
@@ -186,7 +173,7 @@ class Soak:
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_for(f"{self.sim_url}/_sim/health")
+        wait_up(f"{self.sim_url}/_sim/health")
         config = {
             "api": {"base_url": self.sim_url, "max_connections": 16, "timeout_seconds": 3},
             "polling": {
@@ -220,7 +207,7 @@ class Soak:
             stderr=subprocess.STDOUT,
         )
         self.procs.append(self.exporter)
-        wait_for(f"{self.exp_url}/-/ready")
+        wait_up(f"{self.exp_url}/-/ready")
         self.set_faults(FAULT_MIX)
 
     def set_faults(self, faults: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ import requests
 from exporter.api.auth import TOKEN_ENV
 from exporter.simulator import Simulator, SimulatorSettings
 from tests.api.support import AUTH, TOKEN
-from tests.e2e.conftest import KEY, exporter_config
-from tests.e2e.harness import ExporterProcess
+from tests.harness import ExporterProcess
+from tests.harness.fixtures import KEY, exporter_config
 
 TIME_SCALE = 60.0  # a 60 s task takes 1 s
 

@@ -18,7 +18,7 @@ from exporter.simulator import Simulator
 from exporter.track import TrackError, track_task, track_tasks
 from tests.api.conftest import api_config, start_exporter, stop_exporter
 from tests.api.support import AUTH, TOKEN
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
 
 pytestmark = pytest.mark.integration
 FINISHED = {"completed", "failed", "cancelled", "expired", "timeout"}

@@ -18,7 +18,7 @@ import pytest
 from exporter.simulator import Simulator
 from tests.api.conftest import api_config, start_exporter, stop_exporter
 from tests.api.support import AUTH
-from tests.e2e.harness import ExporterProcess
+from tests.harness import ExporterProcess
 
 pytestmark = pytest.mark.integration
 

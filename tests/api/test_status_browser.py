@@ -16,7 +16,7 @@ import exporter.simulator.faults as simulator_faults
 from exporter.simulator import Simulator
 from tests.api.conftest import chromium_or_skip
 from tests.api.test_status_page import Dom
-from tests.e2e.harness import ExporterProcess, wait_for
+from tests.harness import ExporterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 

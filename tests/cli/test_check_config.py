@@ -159,7 +159,7 @@ def test_no_api_key_is_a_warning_and_the_summary_lists_every_source(tmp_path: Pa
 
 
 def test_summary_with_a_reachable_redis(tmp_path: Path) -> None:
-    from tests.redis.server import RedisServer, require_redis_server
+    from tests.harness import RedisServer, require_redis_server
 
     require_redis_server()
     server = RedisServer(tmp_path).start()

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from exporter.simulator import Simulator, SimulatorSettings
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "sk-first-hour"

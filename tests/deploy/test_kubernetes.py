@@ -38,6 +38,7 @@ def test_the_overlays() -> None:
     assert OVERLAYS == ["redis", "sqlite", "web-config"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_the_whole_deployment(overlay: str) -> None:
     kinds = sorted({obj["kind"] for obj in render(overlay)})
@@ -58,6 +59,7 @@ def core_objects() -> Iterator[tuple[str, Object]]:
                 yield overlay, obj
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_core_objects_validate_against_the_kubernetes_schemas(version: str) -> None:
     checked = 0
@@ -70,6 +72,7 @@ def test_core_objects_validate_against_the_kubernetes_schemas(version: str) -> N
     assert checked >= 3 * 6
 
 
+@pytest.mark.integration
 def test_kubernetes_validation_rejects_an_unknown_field() -> None:
     deployment = json.loads(json.dumps(one("sqlite", "Deployment")))
     deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
@@ -106,6 +109,7 @@ def operator_validator(plural: str) -> tuple[str, str, jsonschema.Draft7Validato
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("plural", ["servicemonitors", "prometheusrules"])
 def test_operator_objects_validate_against_the_crd_schemas(plural: str) -> None:
     api_version, kind, validator = operator_validator(plural)
@@ -119,6 +123,7 @@ def test_operator_objects_validate_against_the_crd_schemas(plural: str) -> None:
         assert not errors, f"{overlay}: {kind}: {errors}"
 
 
+@pytest.mark.integration
 def test_crd_validation_rejects_an_unknown_field() -> None:
     _, _, validator = operator_validator("servicemonitors")
     monitor = json.loads(json.dumps(one("web-config", "ServiceMonitor")))
@@ -129,6 +134,7 @@ def test_crd_validation_rejects_an_unknown_field() -> None:
     assert not validator.is_valid(monitor)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_fits_client_side_apply(overlay: str) -> None:
     # kubectl apply (client side) keeps a copy of the object in an annotation
@@ -140,6 +146,7 @@ def test_every_object_fits_client_side_apply(overlay: str) -> None:
 # ---- the workload -------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runs_unprivileged_on_a_read_only_root(overlay: str) -> None:
     pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
@@ -154,6 +161,7 @@ def test_runs_unprivileged_on_a_read_only_root(overlay: str) -> None:
     assert "privileged" not in context
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_requests_and_limits(overlay: str) -> None:
     resources = container(overlay)["resources"]
@@ -170,6 +178,7 @@ def probe_path(probe: Object) -> str:
     return str(command[2])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes(overlay: str) -> None:
     exporter = container(overlay)
@@ -177,6 +186,7 @@ def test_probes(overlay: str) -> None:
     assert probe_path(exporter["readinessProbe"]) == "/-/ready"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_come_from_a_secret(overlay: str) -> None:
     env = {var["name"]: var for var in container(overlay)["env"]}
@@ -207,6 +217,7 @@ def secret_names(overlay: str) -> set[str]:
     return names
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_secret_is_documented(overlay: str) -> None:
     doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
@@ -237,6 +248,7 @@ def config_of(overlay: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_comes_from_a_config_map_and_is_valid(overlay: str) -> None:
     data = config_of(overlay)
@@ -245,6 +257,7 @@ def test_config_comes_from_a_config_map_and_is_valid(overlay: str) -> None:
     assert "key" not in data.get("api", {})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", ["sqlite", "web-config"])
 def test_sqlite_one_replica_store_on_a_claim(overlay: str) -> None:
     deployment = one(overlay, "Deployment")
@@ -258,6 +271,7 @@ def test_sqlite_one_replica_store_on_a_claim(overlay: str) -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
+@pytest.mark.integration
 def test_redis_replicas_share_the_work() -> None:
     deployment = one("redis", "Deployment")
     assert deployment["spec"]["replicas"] >= 2
@@ -270,6 +284,7 @@ def test_redis_replicas_share_the_work() -> None:
     assert budget["spec"]["selector"] == deployment["spec"]["selector"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_and_service_monitor_find_the_pods(overlay: str) -> None:
     deployment = one(overlay, "Deployment")
@@ -301,6 +316,7 @@ def test_committed_manifests_equal_a_fresh_render() -> None:
     assert not stale, f"stale: {stale}; run `python -m monitoring.kubernetes`"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheus_rule_holds_the_rule_groups(overlay: str) -> None:
     groups, _ = committed_sources()
@@ -322,6 +338,7 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.integration
 def test_prometheus_rule_passes_promtool_check(rule_file: Path) -> None:
     result = promtool("check", "rules", str(rule_file))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -343,6 +360,7 @@ def rule_unit_tests(rule_file: Path) -> dict[str, dict[str, Any]]:
     return made
 
 
+@pytest.mark.integration
 def test_prometheus_rule_passes_the_rule_unit_tests(rule_file: Path, tmp_path: Path) -> None:
     tests = rule_unit_tests(rule_file)
     assert tests
@@ -356,6 +374,7 @@ def test_prometheus_rule_passes_the_rule_unit_tests(rule_file: Path, tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_dashboard_config_maps_hold_exactly_the_dashboards(overlay: str) -> None:
     held: dict[str, str] = {}
@@ -380,6 +399,7 @@ def documented_overlay(first_line: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("folder", "kind", "check"),
     [

@@ -17,7 +17,7 @@ import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.e2e.harness import free_port, wait_for
+from tests.harness import free_port, wait_for
 from tests.monitoring.support import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))

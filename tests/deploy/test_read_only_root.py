@@ -20,11 +20,15 @@ import yaml
 
 from exporter.track import track_tasks
 from tests.deploy.support import container, objects, one
-from tests.e2e.conftest import KEY, simulator
-from tests.e2e.harness import free_port, parse_metrics, total, wait_for
-from tests.redis.server import RedisServer, require_redis_server
-
-__all__ = ["simulator"]
+from tests.harness import (
+    RedisServer,
+    free_port,
+    parse_metrics,
+    require_redis_server,
+    total,
+    wait_for,
+)
+from tests.harness.fixtures import KEY
 
 TOKEN = "read-only-root-test-token-0123456789"
 TASKS = 4

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+import pytest
 import yaml
 
 from exporter.cli import _parser
@@ -49,6 +50,7 @@ def installed_copy(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.integration
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze", hint=SYSTEMD_HINT)
     copy = installed_copy(tmp_path)
@@ -60,6 +62,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_systemd_analyze_verify_catches_a_bad_setting(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze", hint=SYSTEMD_HINT)
     copy = installed_copy(tmp_path)
@@ -70,6 +73,7 @@ def test_systemd_analyze_verify_catches_a_bad_setting(tmp_path: Path) -> None:
     assert "ProtectSystem" in result.stderr or "protect system" in result.stderr
 
 
+@pytest.mark.integration
 def test_exposure_level(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze", hint=SYSTEMD_HINT)
     result = subprocess.run(

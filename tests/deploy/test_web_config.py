@@ -18,11 +18,9 @@ import urllib3
 import yaml
 
 from tests.deploy.support import OVERLAYS_DIR, Object, container, objects, one
-from tests.e2e.conftest import KEY, simulator
-from tests.e2e.harness import free_port, wait_for
 from tests.hardening.certs import CA
-
-__all__ = ["simulator"]
+from tests.harness import free_port, wait_for
+from tests.harness.fixtures import KEY
 
 OVERLAY = "web-config"
 PLACEHOLDER = "REPLACE-WITH-THE-BCRYPT-HASH-OF-THE-SCRAPE-PASSWORD"

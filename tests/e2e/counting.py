@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import pairwise
 
-from tests.e2e.harness import Samples
+from tests.harness import Samples
 
 Labels = tuple[tuple[str, str], ...]
 

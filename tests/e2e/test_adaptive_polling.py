@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from exporter.simulator import Simulator, SimulatorSettings
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
 
 KEY = "sk-e2e-adaptive-0123456789"
 SCALE = 10.0  # a 60 s task takes 6 s
@@ -104,6 +104,7 @@ def all_seen(sim: Simulator, exporters: list[ExporterProcess], ids: list[str]) -
     return True
 
 
+@pytest.mark.integration
 def test_adaptive_spends_fewer_requests_per_task_and_misses_no_finish(
     simulator: Simulator, tmp_path: Path
 ) -> None:

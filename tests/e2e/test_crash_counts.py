@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import Simulator
-from tests.e2e.conftest import KEY, create_tasks, exporter_config
 from tests.e2e.counting import Labels, by, max_over_instances, series, total_increase
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
+from tests.harness.fixtures import KEY, create_tasks, exporter_config
 
 TASKS = 120
 FINISHED = ("completed", "failed", "cancelled", "expired", "timeout")

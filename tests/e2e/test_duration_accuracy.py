@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import Simulator, SimulatorSettings
-from tests.e2e.conftest import KEY, exporter_config
-from tests.e2e.harness import ExporterProcess, Samples, total, wait_for
+from tests.harness import ExporterProcess, Samples, total, wait_for
+from tests.harness.fixtures import KEY, exporter_config
 
 TASKS = 300
 # Slower than the other end-to-end tests (an image task takes 1-4 s): the

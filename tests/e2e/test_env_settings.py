@@ -8,8 +8,8 @@ import pytest
 
 from exporter.simulator import Simulator
 from tests.cli.support import clean_env, cli, lines
-from tests.e2e.conftest import KEY, create_tasks, exporter_config
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
+from tests.harness.fixtures import KEY, create_tasks, exporter_config
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import RESERVED_LABELS, Config
 from exporter.simulator import Simulator
-from tests.e2e.conftest import KEY, create_tasks, exporter_config
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, total, wait_for
+from tests.harness.fixtures import KEY, create_tasks, exporter_config
 
 pytestmark = pytest.mark.integration
 STATIC = {"env": "prod", "region": "eu-west-1"}

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,89 +15,14 @@ from typing import Any
 
 import requests
 
-from tests.e2e.harness import Samples, free_port, parse_metrics, total, wait_for
+from tests.harness import Samples, SimulatorProcess, parse_metrics, total
+from tests.harness.processes import SIMULATOR_KEY
 
-KEY = "sk-hardening-test-key-7f3a9c"
+__all__ = ["SimulatorProcess"]  # the hardening tests' simulator, from the harness
+
+KEY = SIMULATOR_KEY
 IMAGE_MODELS = ("flux-pro", "flux-schnell", "dall-e-3", "midjourney")
 VIDEO_MODELS = ("veo-3", "sora-2")
-
-
-class SimulatorProcess:
-    """`python -m exporter simulate` on a free loopback port."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        time_scale: float = 60.0,
-        seed: int = 5,
-        lost_fraction: float = 0.02,
-        faults: dict[str, Any] | None = None,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "simulator.log"
-        command = [
-            sys.executable,
-            "-m",
-            "exporter",
-            "simulate",
-            "--web.listen-address",
-            f"127.0.0.1:{self.port}",
-            "--api-key",
-            KEY,
-            "--time-scale",
-            str(time_scale),
-            "--seed",
-            str(seed),
-            "--rate-limit-per-minute",
-            "0",
-            "--retention-seconds",
-            "100000000",
-            "--lost-fraction",
-            str(lost_fraction),
-            "--log-level",
-            "warning",
-        ]
-        for name, value in (faults or {}).items():
-            command += ["--fault", f"{name}={json.dumps(value)}"]
-        self.proc = subprocess.Popen(
-            command, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT
-        )
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {KEY}"
-        wait_for(self._healthy, 30, "the simulator")
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"simulator exited: {self.log_path.read_text()}")
-        return requests.get(f"{self.url}/_sim/health", timeout=2).status_code == 200
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        requests.put(f"{self.url}/_sim/faults", json=faults, timeout=5).raise_for_status()
-
-    def ground_truth(self) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = requests.get(
-            f"{self.url}/_sim/ground_truth", timeout=30
-        ).json()["tasks"]
-        return tasks
-
-    def create(self, kind: str, model: str) -> dict[str, Any]:
-        response = self.session.post(
-            f"{self.url}/v1/{kind}s/generations", json={"model": model, "prompt": "x"}, timeout=10
-        )
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def create_tasks(

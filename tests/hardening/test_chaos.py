@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import ExporterProcess, by_label, total, wait_for
+import pytest
+
 from tests.hardening.support import (
     KEY,
     Scraper,
@@ -25,6 +26,7 @@ from tests.hardening.support import (
     rss_mib,
     store_rows,
 )
+from tests.harness import ExporterProcess, by_label, total, wait_for
 
 TASKS = 300
 MAX_WAIT = 40.0  # real seconds: only the longest videos could time out
@@ -104,6 +106,7 @@ def outage(
     wait_for(lambda: scraper.value("lemondata_api_up") == 1, timeout, "api_up back to 1")
 
 
+@pytest.mark.integration
 def test_chaos(tmp_path: Path) -> None:
     sim = SimulatorProcess(tmp_path, time_scale=60, seed=23, lost_fraction=0.03, faults=MIX)
     exporter: ExporterProcess | None = None
@@ -142,7 +145,8 @@ def test_chaos(tmp_path: Path) -> None:
             return total(samples, "lemondata_tasks_finished_total") == TASKS
 
         wait_for(all_finished, 60, "the exporter to finish every task", every=0.5)
-        time.sleep(1)  # a few more scrapes with everything finished
+        finished = time.monotonic()
+        wait_for(lambda: len(scraper.since(finished)) >= 3, 30, "a few more scrapes")
         run_seconds = time.monotonic() - run_started
         scraper.stop()
         assert exporter.proc.poll() is None, exporter.log_text()[-3000:]

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.harness import ExporterProcess, free_port, total, wait_for
 from tests.hardening.raw import RawTrap, exchange, status_lines, threads
 from tests.hardening.support import rss_mib
+from tests.harness import ExporterProcess, free_port, total, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,8 @@ never receive a single request.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -20,75 +17,48 @@ from pydantic import SecretStr
 from exporter.config import ConfigError, parse_config
 from exporter.model import OutcomeKind
 from exporter.upstream.client import UpstreamClient
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, total, wait_for
+from tests.harness.upstream import Respond
 
 KEY = "sk-must-stay-home-0123456789abcdef"
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-class Recorder(ThreadingHTTPServer):
-    daemon_threads = True
+def answer_or_redirect(location: str | None) -> Respond:
+    """Answer 200 (`location` None), or redirect to `location` with every code in turn."""
 
-    def __init__(self, location: str | None = None) -> None:
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.location = location  # None: answer 200; else redirect there
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
+    def respond(request: Request, handler: Handler) -> None:
+        headers = [("Content-Type", "application/json")]
+        if location is None:
+            handler.send(200, json.dumps({"status": "completed", "created": 1}).encode(), headers)
+            return
+        code = REDIRECTS[len(handler.server.requests) % len(REDIRECTS)]
+        handler.send(code, b"{}", [("Location", location + request.path), *headers])
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Recorder
-
-    def do_GET(self) -> None:
-        self.server.requests.append((self.path, dict(self.headers.items())))
-        if self.server.location is None:
-            body = json.dumps({"status": "completed", "created": 1}).encode()
-            self.send_response(200)
-        else:
-            body = b"{}"
-            code = REDIRECTS[len(self.server.requests) % len(REDIRECTS)]
-            self.send_response(code)
-            self.send_header("Location", self.server.location + self.path)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    return respond
 
 
 @pytest.fixture
-def trap() -> Iterator[Recorder]:
-    server = Recorder()
+def trap() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(answer_or_redirect(None)).start()
     yield server
-    server.close()
+    server.stop()
 
 
 @pytest.fixture
-def redirector(trap: Recorder) -> Iterator[Recorder]:
-    server = Recorder(location=trap.url)
+def redirector(trap: FakeUpstream) -> Iterator[FakeUpstream]:
+    server = FakeUpstream(answer_or_redirect(trap.url)).start()
     yield server
-    server.close()
+    server.stop()
 
 
-def trap_host(trap: Recorder) -> str:
+def trap_host(trap: FakeUpstream) -> str:
     return trap.url.removeprefix("http://")
 
 
+@pytest.mark.integration
 def test_redirects_and_foreign_poll_urls(
-    tmp_path: Path, trap: Recorder, redirector: Recorder
+    tmp_path: Path, trap: FakeUpstream, redirector: FakeUpstream
 ) -> None:
     host = trap_host(trap)
     lines = [f"img_plain{n}" for n in range(5)]
@@ -131,7 +101,7 @@ def test_redirects_and_foreign_poll_urls(
     assert total(samples, "lemondata_api_up") == 0
     # Only the configured base saw the key.
     assert redirector.requests
-    assert all(h["Authorization"] == f"Bearer {KEY}" for _, h in redirector.requests)
+    assert all(dict(r.headers)["Authorization"] == f"Bearer {KEY}" for r in redirector.requests)
     assert exporter.log_text().count("redirect, which is never followed") == 1
 
 
@@ -167,7 +137,10 @@ def test_static_tasks_with_foreign_poll_urls_are_refused(poll_url: str) -> None:
         parse_config({"tasks": [task]}, "config.yaml")
 
 
-def test_accepted_base_urls_stay_on_their_host(trap: Recorder, redirector: Recorder) -> None:
+@pytest.mark.integration
+def test_accepted_base_urls_stay_on_their_host(
+    trap: FakeUpstream, redirector: FakeUpstream
+) -> None:
     """A base URL with a path that looks like a host: still one host. Dot segments,
     which could climb out of the base URL's path, are refused in both places."""
     host = trap_host(trap)
@@ -187,8 +160,9 @@ def test_accepted_base_urls_stay_on_their_host(trap: Recorder, redirector: Recor
     assert len(redirector.requests) == 2
 
 
+@pytest.mark.integration
 def test_the_client_refuses_poll_urls_that_leave_the_base(
-    trap: Recorder, redirector: Recorder
+    trap: FakeUpstream, redirector: FakeUpstream
 ) -> None:
     """Defence in depth: a poll_url that slipped past discovery (an old store row)."""
     client = UpstreamClient(redirector.url, SecretStr(KEY), timeout_seconds=2)

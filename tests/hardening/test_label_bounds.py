@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.intake import REASONS as REJECTION_REASONS
-from tests.e2e.harness import ExporterProcess, total, wait_for
+from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, total, wait_for
 
 TASKS = 300
 MAX_MODELS = 20
@@ -33,29 +31,16 @@ def random_text(rng: random.Random, low: int, high: int) -> str:
     return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(low, high)))
 
 
-class Upstream(ThreadingHTTPServer):
-    daemon_threads = True
+class Polls:
+    """Answers a poll with a random model, error text and now and then an odd code."""
 
     def __init__(self) -> None:
-        self.polls: dict[str, int] = {}
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-        threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self.count: dict[str, int] = {}
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Upstream
-
-    def do_GET(self) -> None:
-        task_id = self.path.rsplit("/", 1)[-1]
-        with self.server.lock:
-            polls = self.server.polls[task_id] = self.server.polls.get(task_id, 0) + 1
+    def __call__(self, request: Request, handler: Handler) -> None:
+        task_id = request.path.rsplit("/", 1)[-1]
+        with handler.server.lock:
+            polls = self.count[task_id] = self.count.get(task_id, 0) + 1
         rng = random.Random(task_id)
         code = rng.choice(ODD_CODES) if polls == 1 and rng.random() < 0.3 else 200
         payload: dict[str, Any] = {
@@ -66,26 +51,18 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if payload["status"] == "failed":
             payload["error"] = random_text(rng, 0, 20_000)
-        body = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        handler.send(code, json.dumps(payload).encode(), [("Content-Type", "application/json")])
 
 
 @pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    server = Upstream()
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(Polls()).start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
-def test_model_and_reason_labels_are_bounded(upstream: Upstream, tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_model_and_reason_labels_are_bounded(upstream: FakeUpstream, tmp_path: Path) -> None:
     ids = [f"img_{n:04d}" for n in range(TASKS)]
     (tmp_path / "tasks.jsonl").write_text("\n".join(ids) + "\n")
     config = {

@@ -195,6 +195,7 @@ def test_yaml_dumped_sections_validate_or_name_a_problem(folder: Path, data: Any
     usable(config, folder)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

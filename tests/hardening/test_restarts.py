@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from tests.e2e.harness import ExporterProcess, total, wait_for
 from tests.hardening.support import KEY, SimulatorProcess, create_tasks, integrity, store_rows
+from tests.harness import ExporterProcess, total, wait_for
 
 FINISHED = ("completed", "failed", "cancelled", "expired")
 
@@ -34,6 +35,7 @@ def config(sim: SimulatorProcess, workdir: Path, **polling: Any) -> dict[str, An
     }
 
 
+@pytest.mark.integration
 def test_sigterm_with_hanging_polls(tmp_path: Path) -> None:
     shutdown_timeout = 2.0
     request_timeout = 20.0  # far longer: in-flight polls must be abandoned, not awaited
@@ -80,6 +82,7 @@ def test_sigterm_with_hanging_polls(tmp_path: Path) -> None:
     assert len(rows) == 12 and all(row["finished_at"] is None for row in rows)
 
 
+@pytest.mark.integration
 def test_sigkill_twenty_times(tmp_path: Path) -> None:
     count = 200
     rng = random.Random(20)

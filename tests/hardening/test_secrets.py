@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import pytest
 import requests
 import yaml
 from pydantic import SecretStr
@@ -22,8 +23,8 @@ from pydantic import SecretStr
 from exporter.config import parse_config, read_api_key
 from exporter.simulator import Simulator
 from exporter.web.security import load_web_security
-from tests.e2e.conftest import create_tasks, exporter_config
-from tests.e2e.harness import ExporterProcess, parse_metrics, total, wait_for
+from tests.harness import ExporterProcess, parse_metrics, total, wait_for
+from tests.harness.fixtures import create_tasks, exporter_config
 
 API_KEY = "sk-SECRET-api-key-4b1d9e7f0a2c"
 TOKEN = "tok-SECRET-task-api-token-8c3e51aa90d2f7"
@@ -75,6 +76,7 @@ def write(path: Path, data: Any) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_the_agent_through_errors(simulator: Simulator, tmp_path: Path) -> None:
     web = write(tmp_path / "web.yml", {"basic_auth_users": {"alice": HASH}})
     config = exporter_config(simulator.url, tmp_path)
@@ -129,6 +131,7 @@ def test_the_agent_through_errors(simulator: Simulator, tmp_path: Path) -> None:
         assert_clean(what, text)
 
 
+@pytest.mark.integration
 def test_bad_configs_do_not_echo_secrets(tmp_path: Path) -> None:
     key_in_file = write(tmp_path / "key.yml", {"api": {"api_key": API_KEY}})
     bad_web = write(tmp_path / "web.yml", {"basic_auth_users": {"alice": BAD_HASH}})

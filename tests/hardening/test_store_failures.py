@@ -23,8 +23,8 @@ from exporter.api.auth import TOKEN_ENV
 from exporter.model import DiscoveredTask
 from exporter.store.sqlite import SqliteTaskStore
 from tests.api.support import AUTH, TOKEN
-from tests.e2e.harness import ExporterProcess, total, wait_for
 from tests.hardening.support import KEY, SimulatorProcess
+from tests.harness import ExporterProcess, total, wait_for
 
 pytestmark = pytest.mark.integration
 

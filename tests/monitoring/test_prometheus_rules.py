@@ -101,6 +101,7 @@ def test_committed_files_equal_a_fresh_render() -> None:
     assert committed_tests == rendered_tests
 
 
+@pytest.mark.integration
 def test_check_names_a_file_that_differs(tmp_path: Path) -> None:
     write(render(BundleConfig()), tmp_path)
     run = [sys.executable, "-m", "monitoring", "--out", str(tmp_path), "--check"]
@@ -114,6 +115,7 @@ def test_check_names_a_file_that_differs(tmp_path: Path) -> None:
     assert rules.RECORDING_FILE not in stale.stderr
 
 
+@pytest.mark.integration
 def test_a_config_file_changes_the_render(tmp_path: Path) -> None:
     knobs = tmp_path / "bundle.yaml"
     knobs.write_text(
@@ -134,6 +136,7 @@ def test_a_config_file_changes_the_render(tmp_path: Path) -> None:
     assert 'job="ld-prod"' in prometheus_rule
 
 
+@pytest.mark.integration
 def test_unknown_knobs_are_refused(tmp_path: Path) -> None:
     knobs = tmp_path / "bundle.yaml"
     knobs.write_text(yaml.safe_dump({"thresholds": {"poll_lag": 99}}))
@@ -151,6 +154,7 @@ def test_unknown_knobs_are_refused(tmp_path: Path) -> None:
 # ---- promtool ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_promtool_check_rules() -> None:
     files = [str(path.relative_to(REPO)) for path in rule_files()]
     assert files, "no rule files in prometheus/rules"
@@ -158,17 +162,20 @@ def test_promtool_check_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_promtool_check_config() -> None:
     result = promtool("check", "config", str(PROMETHEUS_CONFIG.relative_to(REPO)))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_promtool_unit_tests() -> None:
     files = sorted(RULE_TESTS_DIR.glob("*.yml"))
     assert files, "no promtool tests in prometheus/tests"
     promtool_test_files(files, REPO)
 
 
+@pytest.mark.integration
 def test_non_default_knobs_pass_promtool_and_their_own_tests(tmp_path: Path) -> None:
     files = render(CUSTOM)
     write(files, tmp_path)

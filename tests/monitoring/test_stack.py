@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +39,7 @@ import yaml
 
 from monitoring.config import BundleConfig
 from monitoring.rules import render as render_rules
+from tests.harness import free_port, process, wait_for
 from tests.monitoring.support import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
@@ -67,12 +66,6 @@ TASKS_PER_SECOND = 3.0
 # ---- small servers and helpers ---------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     condition: Callable[[], T | None],
     timeout: float,
@@ -80,22 +73,8 @@ def wait_until(
     every: float = 0.5,
 ) -> T:
     """The first truthy result of `condition`; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while True:
-        result: T | None = None
-        try:
-            result = condition()
-        except (requests.RequestException, OSError, KeyError, ValueError) as exc:
-            last_error = f" (last error: {exc!r})"
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            raise AssertionError(
-                f"timed out after {timeout:.0f} s waiting for {described}{last_error}"
-            )
-        time.sleep(every)
+    result: T = wait_for(condition, timeout, what, every, tolerate=(KeyError, ValueError))
+    return result
 
 
 @dataclass
@@ -271,25 +250,6 @@ def write_prometheus_config(
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return config_path
-
-
-@contextlib.contextmanager
-def process(
-    name: str, args: list[str], logs: dict[str, Path], folder: Path, **kw: Any
-) -> Iterator[None]:
-    log_path = folder / f"{name}.log"
-    logs[name] = log_path
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=folder, **kw)
-    try:
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def ready(url: str) -> bool:

@@ -82,6 +82,7 @@ def test_create_answer_parsing() -> None:
         decode_body(b"\x00", "br", 100)
 
 
+@pytest.mark.integration
 def test_headers_pass_both_ways_without_hop_by_hop_ones(
     echo_proxy: str, upstream: Upstream
 ) -> None:
@@ -110,6 +111,7 @@ def test_headers_pass_both_ways_without_hop_by_hop_ones(
     assert "X-Hop" not in answer.headers and "Keep-Alive" not in answer.headers
 
 
+@pytest.mark.integration
 def test_redirects_pass_through_unfollowed(echo_proxy: str, upstream: Upstream) -> None:
     answer = requests.get(f"{echo_proxy}/redirect", allow_redirects=False, timeout=5)
     assert answer.status_code == 302
@@ -117,6 +119,7 @@ def test_redirects_pass_through_unfollowed(echo_proxy: str, upstream: Upstream) 
     assert len(upstream.seen) == 1
 
 
+@pytest.mark.integration
 def test_large_bodies_stream_through_without_being_held(
     echo_proxy: str, upstream: Upstream, registry: Registry
 ) -> None:
@@ -161,6 +164,7 @@ def test_large_bodies_stream_through_without_being_held(
     assert peak < 8 * 1024 * 1024, f"peak Python memory {peak} bytes"
 
 
+@pytest.mark.integration
 def test_create_registers_from_gzip_answers_and_reports_bad_poll_urls(
     echo_proxy: str, upstream: Upstream, registry: Registry
 ) -> None:
@@ -177,6 +181,7 @@ def test_create_registers_from_gzip_answers_and_reports_bad_poll_urls(
     assert len(registry.tasks) == 1 and len(registry.problems) == 1
 
 
+@pytest.mark.integration
 def test_a_store_failure_does_not_change_the_answer(
     echo_proxy: str, upstream: Upstream, registry: Registry
 ) -> None:
@@ -186,6 +191,7 @@ def test_a_store_failure_does_not_change_the_answer(
     assert registry.problems == ["cannot register task img_1"]
 
 
+@pytest.mark.integration
 def test_unreachable_api_is_a_502(registry: Registry) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,6 +205,7 @@ def test_unreachable_api_is_a_502(registry: Registry) -> None:
     assert answer.json()["error"]["code"] == "upstream_unreachable"
 
 
+@pytest.mark.integration
 def test_absolute_form_targets_are_refused(echo_proxy: str, upstream: Upstream) -> None:
     port = int(echo_proxy.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -217,6 +224,7 @@ def simulator() -> Iterator[Simulator]:
     sim.stop()
 
 
+@pytest.mark.integration
 def test_simulator_create_and_status_through_the_proxy(
     simulator: Simulator, registry: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import requests
 
 from exporter.simulator import Simulator
-from tests.e2e.conftest import KEY, exporter_config, simulator  # noqa: F401 (fixture)
-from tests.e2e.harness import ExporterProcess, by_label, free_port, total, wait_for
+from tests.harness import ExporterProcess, by_label, free_port, total, wait_for
+from tests.harness.fixtures import KEY, exporter_config
 
 USER_KEY = "sk-application-own-key-9876543210"  # the application's, not the exporter's
 MODELS = ("flux-pro", "dall-e-3", "veo-3")
 
 
+@pytest.mark.integration
 def test_tasks_created_through_the_proxy_are_polled_to_the_end(
-    simulator: Simulator,  # noqa: F811
+    simulator: Simulator,
     tmp_path: Path,
 ) -> None:
     simulator._keys = frozenset({KEY, USER_KEY})  # two keys of one account

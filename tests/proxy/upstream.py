@@ -1,138 +1,73 @@
-"""A scriptable upstream for proxy tests: echoes what it got, or streams what it is told."""
+"""The proxy tests' upstream: echoes what it got, or streams what it is told."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.harness import FakeUpstream, Handler, Request
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Upstream
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_GET
-
-    def _read_body(self) -> tuple[int, str]:
-        digest = hashlib.sha256()
-        size = 0
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while True:
-                length = int(self.rfile.readline().split(b";")[0], 16)
-                if length == 0:
-                    self.rfile.readline()
-                    break
-                left = length
-                while left:
-                    data = self.rfile.read(min(left, 65536))
-                    digest.update(data)
-                    left -= len(data)
-                    size += len(data)
-                self.rfile.readline()
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left:
-                data = self.rfile.read(min(left, 65536))
-                digest.update(data)
-                left -= len(data)
-                size += len(data)
-        return size, digest.hexdigest()
-
-    def _handle(self) -> None:
-        size, sha = self._read_body()
-        seen = {
-            "method": self.command,
-            "path": self.path,
-            "headers": [[k, v] for k, v in self.headers.items()],
-            "body_bytes": size,
-            "body_sha256": sha,
-        }
-        self.server.seen.append(seen)
-        path = self.path.split("?")[0]
-        if path == "/stream":  # a large body of unknown length, chunked
-            count = int(self.path.split("=")[1])
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            block = b"x" * 65536
-            for _ in range(count):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        if path == "/big":  # a large body of known length
-            count = int(self.path.split("=")[1])
-            self.send_response(200)
-            self.send_header("Content-Length", str(count * 65536))
-            self.end_headers()
-            block = b"y" * 65536
-            for _ in range(count):
-                self.wfile.write(block)
-            return
-        if path == "/redirect":
-            self._send(302, b"", [("Location", "https://elsewhere.example/")])
-            return
-        if path == "/headers":
-            self._send(
-                201,
-                b"ok",
-                [
-                    ("Set-Cookie", "a=1"),
-                    ("Set-Cookie", "b=2"),
-                    ("X-Resp", "yes"),
-                    ("Connection", "X-Hop"),
-                    ("X-Hop", "1"),
-                    ("Keep-Alive", "timeout=5"),
-                ],
-            )
-            return
-        if path.startswith("/create"):
-            reply = dict(self.server.create_reply)
-            body = json.dumps(reply).encode()
-            headers = [("Content-Type", "application/json")]
-            if self.server.gzip:
-                body = gzip.compress(body)
-                headers.append(("Content-Encoding", "gzip"))
-            self._send(200, body, headers)
-            return
-        self._send(200, json.dumps(seen).encode(), [("Content-Type", "application/json")])
-
-    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+HEADERS = [
+    ("Set-Cookie", "a=1"),
+    ("Set-Cookie", "b=2"),
+    ("X-Resp", "yes"),
+    ("Connection", "X-Hop"),
+    ("X-Hop", "1"),
+    ("Keep-Alive", "timeout=5"),
+]
 
 
-class Upstream(ThreadingHTTPServer):
-    daemon_threads = True
+def _seen(request: Request) -> dict[str, Any]:
+    seen = dataclasses.asdict(request)
+    seen["headers"] = [list(header) for header in request.headers]
+    return seen
 
+
+def _stream(handler: Handler, blocks: int, fill: bytes, chunked: bool) -> None:
+    """A large body: of unknown length (chunked) or of known length."""
+    handler.send_response(200)
+    block = fill * 65536
+    if chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    else:
+        handler.send_header("Content-Length", str(blocks * len(block)))
+    handler.end_headers()
+    for _ in range(blocks):
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+    if chunked:
+        handler.wfile.write(b"0\r\n\r\n")
+
+
+class Upstream(FakeUpstream):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.seen: list[dict[str, Any]] = []
+        super().__init__(self._respond, protocol_version="HTTP/1.1")
         self.create_reply: dict[str, Any] = {"task_id": "img_1", "status": "pending"}
         self.gzip = False
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    def seen(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [_seen(request) for request in self.requests]
 
-    def start(self) -> Upstream:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+    def _respond(self, request: Request, handler: Handler) -> None:
+        path = request.path.split("?")[0]
+        if path in ("/stream", "/big"):
+            count = int(request.path.split("=")[1])
+            _stream(handler, count, b"x" if path == "/stream" else b"y", path == "/stream")
+        elif path == "/redirect":
+            handler.send(302, b"", [("Location", "https://elsewhere.example/")])
+        elif path == "/headers":
+            handler.send(201, b"ok", HEADERS)
+        elif path.startswith("/create"):
+            body = json.dumps(self.create_reply).encode()
+            headers = [("Content-Type", "application/json")]
+            if self.gzip:
+                body = gzip.compress(body)
+                headers.append(("Content-Encoding", "gzip"))
+            handler.send(200, body, headers)
+        else:
+            handler.send(
+                200, json.dumps(_seen(request)).encode(), [("Content-Type", "application/json")]
+            )

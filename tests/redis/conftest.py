@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.redis.server import RedisServer, require_redis_server
+from tests.harness import RedisServer, require_redis_server
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ what the dead replica never showed.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import redis
 
 from exporter.simulator import Simulator, SimulatorSettings
 from tests.e2e.counting import Labels, by, max_over_instances, series, total_increase
-from tests.e2e.harness import ExporterProcess, free_port, wait_for
-from tests.redis.server import RedisServer
+from tests.harness import ExporterProcess, RedisServer, free_port, wait_for
 from tests.redis.test_group import KEY, MODELS, STREAM, finished_by, replica_config
 
 TASKS = 90
@@ -86,9 +84,15 @@ def test_store_totals_count_what_a_killed_replica_never_showed(
             return sum(wins().values()) == TASKS
 
         wait_for(all_finished, 120, "every task finished by the group", every=0.3)
-        time.sleep(0.3)
-        for _ in range(2):  # models new to a process show zeros in one scrape first
+
+        def totals_settled() -> bool:
+            # Models new to a process show zeros in one scrape first: scrape
+            # until the totals Prometheus would compute count every task.
             scrape_round()
+            stored = by(total_increase(max_over_instances(store_rounds)), "status")
+            return sum(stored.values()) == TASKS
+
+        wait_for(totals_settled, 30, "the store totals to count every task", every=0.3)
     finally:
         for process in replicas.values():
             process.kill()

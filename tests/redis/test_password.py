@@ -12,7 +12,7 @@ from exporter.backends import open_store
 from exporter.config import parse_config
 from exporter.store.redis import RedisTaskStore
 from exporter.store.sqlite import StoreError
-from tests.redis.server import RedisServer
+from tests.harness import RedisServer
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-secret-pw-0123456789"

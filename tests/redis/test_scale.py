@@ -14,7 +14,7 @@ import redis
 from exporter.model import DiscoveredTask, Status, Task
 from exporter.store.base import TaskEvent
 from exporter.store.redis import RedisTaskStore, migrate
-from tests.redis.server import RedisServer
+from tests.harness import RedisServer
 from tests.store.test_sqlite_scale import MODELS, seed
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from exporter.poller.shared_budget import SharedRequestBudget
 from exporter.store.base import FinishLabels, TaskStore
 from exporter.store.redis import RedisTaskStore, redact_url
 from exporter.store.sqlite import SqliteTaskStore, StoreError
-from tests.redis.server import RedisServer
+from tests.harness import RedisServer
 
 MakeStore = Callable[..., TaskStore]
 
@@ -59,6 +59,7 @@ def update(status: Status, finish: Finish | None = None, next_poll_at: float = 2
     )
 
 
+@pytest.mark.integration
 def test_add_is_idempotent_and_survives_reopen(make_store: MakeStore) -> None:
     store = make_store()
     tasks = [DiscoveredTask("a", "file", model="m"), DiscoveredTask("b", "file")]
@@ -81,6 +82,7 @@ def test_add_is_idempotent_and_survives_reopen(make_store: MakeStore) -> None:
     )
 
 
+@pytest.mark.integration
 def test_due_orders_by_next_poll_and_skips_finished(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0)
@@ -92,6 +94,7 @@ def test_due_orders_by_next_poll_and_skips_finished(make_store: MakeStore) -> No
     assert store.due(1000.0, 0) == []
 
 
+@pytest.mark.integration
 def test_finish_happens_once(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
@@ -110,6 +113,7 @@ def test_finish_happens_once(make_store: MakeStore) -> None:
     assert not store.apply("missing", done, 102.0, None)
 
 
+@pytest.mark.integration
 def test_oldest_prune_and_source_state(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0, ("file", "[1, 10]"))
@@ -125,6 +129,7 @@ def test_oldest_prune_and_source_state(make_store: MakeStore) -> None:
     assert store.source_state("file") == "[1, 20]"
 
 
+@pytest.mark.integration
 def test_counts_oldest_and_models_follow_updates(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x", model="m1"), DiscoveredTask("b", "x")], 100.0)
@@ -140,6 +145,7 @@ def test_counts_oldest_and_models_follow_updates(make_store: MakeStore) -> None:
     assert "flux" in store.models() and set(store.models()) <= {"m1", "flux"}
 
 
+@pytest.mark.integration
 def test_concurrent_finishes_record_once(make_store: MakeStore) -> None:
     """Two replicas (or connections) race to store the same finish: one wins each task."""
     first, second = make_store("r1"), make_store("r2")
@@ -166,6 +172,7 @@ def test_concurrent_finishes_record_once(make_store: MakeStore) -> None:
     assert first.count_by_status() == {Status.COMPLETED: len(ids)}
 
 
+@pytest.mark.integration
 def test_finish_totals_count_each_finish_once_and_outlive_pruning(make_store: MakeStore) -> None:
     first, second = make_store("r1"), make_store("r2")
     ids = [f"t{n}" for n in range(30)]
@@ -201,6 +208,7 @@ def test_finish_totals_count_each_finish_once_and_outlive_pruning(make_store: Ma
     assert make_store("r3").finish_totals() == expected  # kept by the store, not the tasks
 
 
+@pytest.mark.integration
 def test_oldest_processing_by_model(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask(f"t{n}", "x") for n in range(6)], 100.0)
@@ -236,6 +244,7 @@ def redis_store(server: RedisServer, replica: str, lease: float = 30.0) -> Redis
     return RedisTaskStore(server.url, prefix="t:", replica_id=replica, lease_seconds=lease)
 
 
+@pytest.mark.integration
 def test_due_leases_tasks_to_one_replica(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -269,6 +278,7 @@ def test_unreachable_redis_is_a_store_error() -> None:
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
 
 
+@pytest.mark.integration
 def test_shared_budget_spaces_the_whole_group(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -287,6 +297,7 @@ def test_shared_budget_spaces_the_whole_group(
 # ---- listing, history and removal (the task API and the status page) --------
 
 
+@pytest.mark.integration
 def test_list_tasks_pages_and_filters(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask(f"t{n}", "x", model="m" if n % 2 else None) for n in range(7)], 100.0)
@@ -299,6 +310,7 @@ def test_list_tasks_pages_and_filters(make_store: MakeStore) -> None:
     assert store.list_tasks(after="t6") == []
 
 
+@pytest.mark.integration
 def test_events_record_status_changes(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
@@ -317,6 +329,7 @@ def test_events_record_status_changes(make_store: MakeStore) -> None:
     assert store.count_by_status() == {}
 
 
+@pytest.mark.integration
 def test_events_are_capped_per_task(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
@@ -327,6 +340,7 @@ def test_events_are_capped_per_task(make_store: MakeStore) -> None:
     assert len(events) == 50 and events[-1].at == 160.0
 
 
+@pytest.mark.integration
 def test_in_flight_and_latest_finished(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask(i, "x") for i in ("a", "b", "c", "d")], 100.0)
@@ -353,6 +367,7 @@ def test_in_flight_and_latest_finished(make_store: MakeStore) -> None:
     assert [t.task_id for t in store.in_flight(10)] == ["c"]
 
 
+@pytest.mark.integration
 def test_model_summaries(make_store: MakeStore) -> None:
     store = make_store()
     store.add(
@@ -380,6 +395,7 @@ def test_model_summaries(make_store: MakeStore) -> None:
     assert [s.model for s in store.model_summaries()] == [None, "flux"]
 
 
+@pytest.mark.integration
 def test_progress_is_kept(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
@@ -400,6 +416,7 @@ def test_progress_is_kept(make_store: MakeStore) -> None:
     assert task is not None and (task.progress, task.progress_at) == (40.0, 100.5)
 
 
+@pytest.mark.integration
 def test_model_stats_survive_reopen(make_store: MakeStore) -> None:
     from exporter.store.base import ModelStatsStore
 
@@ -413,6 +430,7 @@ def test_model_stats_survive_reopen(make_store: MakeStore) -> None:
     assert reopened.load_model_stats() == {"flux": "{1}"}
 
 
+@pytest.mark.integration
 def test_one_replica_at_a_time_reports_the_store_gauges(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:

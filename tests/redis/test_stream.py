@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
@@ -13,7 +12,7 @@ from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
 from exporter.store.redis import RedisTaskStore
 from exporter.store.sqlite import SqliteTaskStore
-from tests.redis.server import RedisServer
+from tests.harness import RedisServer, wait_for
 
 STREAM = "s:tasks"
 
@@ -41,6 +40,12 @@ def pending(client: redis.Redis) -> int:
     return int(client.xpending(STREAM, "g")["pending"])
 
 
+def idle_ms(client: redis.Redis) -> int:
+    """How long the least idle pending entry has waited, in milliseconds."""
+    entries = client.xpending_range(STREAM, "g", "-", "+", 100)
+    return min(int(entry["time_since_delivered"]) for entry in entries)
+
+
 def discovered(rec: Recorder) -> float:
     return rec.discovered.labels("stream")._value.get()
 
@@ -57,6 +62,7 @@ def test_parse_entry() -> None:
     assert parse_entry(None) == "entry has no fields (deleted?)"
 
 
+@pytest.mark.integration
 def test_each_entry_goes_to_one_replica_and_is_acknowledged_once_stored(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -86,6 +92,7 @@ def test_each_entry_goes_to_one_replica_and_is_acknowledged_once_stored(
     assert redis_client.xlen(STREAM) <= 1
 
 
+@pytest.mark.integration
 def test_a_dead_consumers_entries_are_claimed_by_another(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -98,7 +105,7 @@ def test_a_dead_consumers_entries_are_claimed_by_another(
     rec = recorder()
     run_discovery([alive], store, rec, 100.0)
     assert discovered(rec) == 0  # not idle long enough yet
-    time.sleep(0.3)
+    wait_for(lambda: idle_ms(redis_client) > 200, 10, "the entries to be idle 0.2 s", every=0.02)
     run_discovery([alive], store, rec, 101.0)
     assert discovered(rec) == 2
     run_discovery([alive], store, rec, 102.0)
@@ -106,6 +113,7 @@ def test_a_dead_consumers_entries_are_claimed_by_another(
     assert discovered(rec) == 2
 
 
+@pytest.mark.integration
 def test_bad_entries_are_counted_and_dropped(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:

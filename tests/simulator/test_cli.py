@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from exporter.simulator.cli import add_arguments, parse_listen_address, run, settings_from_args
+from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +80,7 @@ def test_bad_flags_exit_2() -> None:
     assert run(parse("--time-scale=0")) == 2
 
 
+@pytest.mark.integration
 def test_run_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
     stop = threading.Event()
     codes: list[int] = []
@@ -87,12 +88,13 @@ def test_run_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
     thread = threading.Thread(target=lambda: codes.append(run(args, stop)))
     with caplog.at_level("INFO", logger="exporter.simulator.cli"):
         thread.start()
-        url = None
-        while url is None and thread.is_alive():
+
+        def listening() -> str | None:
+            assert thread.is_alive(), codes
             found = re.search(r"listening on (http://\S+)", caplog.text)
-            url = found.group(1) if found else None
-            time.sleep(0.01)
-        assert url is not None
+            return found.group(1) if found else None
+
+        url = wait_for(listening, 30, "the simulator to listen", every=0.01)
         reply = requests.get(
             f"{url}/v1/tasks/x", headers={"Authorization": "Bearer sk-simulator"}, timeout=5
         )
@@ -102,6 +104,7 @@ def test_run_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
     assert codes == [0]
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_sigterm_stops_the_process() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

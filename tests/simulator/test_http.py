@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any
 
 import pytest
 import requests
 
 from exporter.simulator import Simulator
+from tests.harness import wait_for
 
 from .conftest import KEY, FakeClock, StartSim
 
@@ -23,6 +23,7 @@ def create(api: requests.Session, sim: Simulator, model: str, kind: str = "image
     return reply.json()
 
 
+@pytest.mark.integration
 def test_auth(sim: Simulator) -> None:
     missing = requests.get(f"{sim.url}/v1/tasks/img_x", timeout=5)
     wrong = requests.get(
@@ -36,6 +37,7 @@ def test_auth(sim: Simulator) -> None:
     assert post.status_code == 401
 
 
+@pytest.mark.integration
 def test_create_and_poll_to_completion_at_high_time_scale(
     start_sim: StartSim, api: requests.Session
 ) -> None:
@@ -43,15 +45,17 @@ def test_create_and_poll_to_completion_at_high_time_scale(
     tasks = [create(api, sim, "flux-schnell") for _ in range(3)]
     tasks.append(create(api, sim, "veo-3", "videos"))
     reports: dict[str, Any] = {}
-    deadline = time.monotonic() + 30  # a safety net, not a timing assertion
-    while len(reports) < len(tasks) and time.monotonic() < deadline:
+
+    def all_final() -> bool:
         for task in tasks:
             reply = api.get(sim.url + task["poll_url"], timeout=5)
             assert reply.status_code == 200
             assert "X-RateLimit-Remaining" in reply.headers
             if reply.json()["status"] in FINAL:
                 reports[task["id"]] = reply.json()
-        time.sleep(0.02)
+        return len(reports) == len(tasks)
+
+    wait_for(all_final, 30, "every task to finish", every=0.02)
     assert set(reports) == {task["id"] for task in tasks}
     truth = {record["id"]: record for record in sim.ground_truth()}
     for task_id, report in reports.items():
@@ -60,6 +64,7 @@ def test_create_and_poll_to_completion_at_high_time_scale(
         assert isinstance(report["created"], float)  # scaled time: millisecond floats
 
 
+@pytest.mark.integration
 def test_expired_task_answers_404(sim: Simulator, api: requests.Session, clock: FakeClock) -> None:
     task = sim.create_task("flux-pro", outcome="completed")
     clock.advance(600)
@@ -72,6 +77,7 @@ def test_expired_task_answers_404(sim: Simulator, api: requests.Session, clock: 
     assert truth["status"] == "completed" and truth["expired_at"] is not None
 
 
+@pytest.mark.integration
 def test_429_with_rate_limit_headers(
     start_sim: StartSim, api: requests.Session, clock: FakeClock
 ) -> None:
@@ -91,6 +97,7 @@ def test_429_with_rate_limit_headers(
     assert api.get(f"{sim.url}/v1/tasks/img_x", timeout=5).status_code == 404
 
 
+@pytest.mark.integration
 def test_ground_truth_matches_every_status_report(
     start_sim: StartSim, api: requests.Session, clock: FakeClock
 ) -> None:
@@ -122,6 +129,7 @@ def test_ground_truth_matches_every_status_report(
     assert {"pending", "processing", "completed", "failed", "404"} <= seen
 
 
+@pytest.mark.integration
 def test_sim_endpoints_need_no_auth(sim: Simulator, api: requests.Session) -> None:
     sim.create_task("flux-pro")
     api.get(f"{sim.url}/v1/tasks/nope", timeout=5)
@@ -159,6 +167,7 @@ def read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes, byt
     return head, rest[:length], rest[length:]
 
 
+@pytest.mark.integration
 def test_keep_alive_with_exact_content_length(sim: Simulator) -> None:
     task = sim.create_task("flux-pro")
     request = (
@@ -174,6 +183,7 @@ def test_keep_alive_with_exact_content_length(sim: Simulator) -> None:
         assert leftover == b""
 
 
+@pytest.mark.integration
 def test_many_concurrent_clients(start_sim: StartSim) -> None:
     sim = start_sim(time_scale=100.0)
     ids = [sim.create_task("flux-pro")["id"] for _ in range(10)]
@@ -196,6 +206,7 @@ def test_many_concurrent_clients(start_sim: StartSim) -> None:
     assert sim.request_counts()["by_code"] == {"200": 400}
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(30)
 def test_stop_ends_hanging_requests(start_sim: StartSim) -> None:
     sim = start_sim(faults={"timeout": {"seconds": 600}})
@@ -215,8 +226,7 @@ def test_stop_ends_hanging_requests(start_sim: StartSim) -> None:
 
     thread = threading.Thread(target=client)
     thread.start()
-    while sim.request_counts()["total"] == 0:  # the request reached the server
-        time.sleep(0.01)
+    wait_for(lambda: sim.request_counts()["total"], 10, "the request to reach the server", 0.01)
     sim.stop()
     thread.join()
     assert outcome and isinstance(outcome[0], requests.RequestException)

@@ -208,6 +208,9 @@ class RecordingPlanner:
         self.calls.append((model, age, eta))
         return self.answer
 
+    def last_eta(self) -> Eta | None:
+        return self.calls[-1][2]
+
 
 def test_decide_asks_the_planner_for_healthy_answers_only() -> None:
     planner = RecordingPlanner(17.0)
@@ -230,13 +233,13 @@ def test_decide_anchors_progress_at_the_first_reading_and_extrapolates() -> None
         task(), report("processing", progress=10, updated=NOW - 1), NOW, policy, 0, planner
     )
     assert (first.progress, first.progress_at) == (10, NOW - 1)
-    assert planner.calls[-1][2] is None
+    assert planner.last_eta() is None
     anchored = task(progress=first.progress, progress_at=first.progress_at)
     second = decide(
         anchored, report("processing", progress=50, updated=NOW + 19), NOW + 20, policy, 0, planner
     )
     assert (second.progress, second.progress_at) == (10, NOW - 1)  # the anchor stays
-    eta = planner.calls[-1][2]
+    eta = planner.last_eta()
     assert eta is not None and eta.seconds == pytest.approx(50 * 20 / 40 - 1)
     # Progress going back (a retry upstream) starts a new anchor.
     back = decide(anchored, report("processing", progress=5), NOW + 30, policy, 0, planner)

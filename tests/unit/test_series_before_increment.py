@@ -19,7 +19,7 @@ from exporter.metrics.store_totals import StoreTotalsCollector
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
 from exporter.store.base import FinishLabels
 from exporter.store.sqlite import SqliteTaskStore
-from tests.e2e.harness import Samples, parse_metrics
+from tests.harness import Samples, parse_metrics
 
 T = 1_700_000_000.0
 

@@ -1,3 +1,5 @@
+"""Fixtures and helpers for every folder: the in-process simulator, an exporter config, tasks."""
+
 from __future__ import annotations
 
 import json

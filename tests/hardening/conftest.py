@@ -1,3 +1,0 @@
-from tests.e2e.conftest import simulator
-
-__all__ = ["simulator"]
