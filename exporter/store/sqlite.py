@@ -217,6 +217,16 @@ class FileReplaced(StoreError):
     """The store's file is not the one it opened: deleted, moved or replaced."""
 
 
+class StoreDamaged(StoreError):
+    """SQLite found the store's file damaged (`PRAGMA quick_check`)."""
+
+
+# A file up to this size is checked before the exporter starts (well under a
+# second); a bigger one (a day of a large account is 1 GB: several seconds) is
+# checked in the background just after, so that readiness does not wait for it.
+QUICK_CHECK_AT_START_BYTES = 128 * 1024 * 1024
+
+
 _DAMAGED_ADVICE = (
     "stop the exporter, then restore the file from a backup, or move it (and its -wal and "
     "-shm files) aside to start with an empty store (the tasks it tracked are forgotten)"
@@ -240,7 +250,9 @@ class SqliteTaskStore:
                 ) from None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            if integrity_check:
+            # Whether `quick_check()` is still to be run (by the store guard, in the background).
+            self.check_pending = integrity_check and self._size() > QUICK_CHECK_AT_START_BYTES
+            if integrity_check and not self.check_pending:
                 _quick_check(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -272,7 +284,7 @@ class SqliteTaskStore:
                     self._readers.put(reader)
         except sqlite3.DatabaseError as exc:
             if "malformed" in str(exc) or "not a database" in str(exc):
-                raise StoreError(
+                raise StoreDamaged(
                     f"the task store {self.path} is damaged ({exc}); {_DAMAGED_ADVICE}"
                 ) from None
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
@@ -283,6 +295,27 @@ class SqliteTaskStore:
         self._medians: dict[str | None, float] = {}
         self._medians_at = -float("inf")
         self._medians_lock = threading.Lock()
+
+    def _size(self) -> int:
+        try:
+            return os.stat(self.path).st_size if self.path != ":memory:" else 0
+        except OSError:
+            return 0
+
+    def quick_check(self) -> None:
+        """StoreDamaged if SQLite finds the file damaged. Reads every page, on a
+        connection of its own: neither the writer nor the readers wait for it."""
+        self.check_pending = False
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA query_only=1")
+            _quick_check(db, self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamaged(
+                f"the task store {self.path} is damaged ({exc}); {_DAMAGED_ADVICE}"
+            ) from None
+        finally:
+            db.close()
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -749,7 +782,7 @@ def _quick_check(db: sqlite3.Connection, path: str) -> None:
     rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
     if rows != ["ok"]:
         found = "; ".join(str(row) for row in rows)[:500]
-        raise StoreError(
+        raise StoreDamaged(
             f"the task store {path} is damaged (quick_check: {found}); {_DAMAGED_ADVICE}"
         )
 
