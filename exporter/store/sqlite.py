@@ -199,6 +199,7 @@ MEDIAN_MAX_AGE_SECONDS = 60.0
 READERS = 4
 # The WAL is cut back to this size after checkpoints (a big prune grew it).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+WRITER_CACHE_KIB = 64 * 1024
 
 # Columns added after the first release: (name, type), added to older files on open.
 _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
@@ -258,6 +259,9 @@ class SqliteTaskStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            # Deletes touch a dozen index pages each, spread over the file: a page
+            # cache that holds the hot ones makes a day's prune several times faster.
+            self._db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer version (schema {version})")
