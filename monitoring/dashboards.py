@@ -43,6 +43,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from monitoring import rules
 from monitoring.config import BundleConfig
 
 TASKS_FILE = "dashboards/lemondata-tasks.json"
@@ -57,15 +58,16 @@ NO_DATA = "no data"
 
 # Recorded by the bundle's rules (monitoring/rules.py): store-wide totals per
 # replica group and the SLIs per model over the standard windows.
-STORE_FINISHED = "lemondata:store_tasks_finished:max"
-STORE_FAILURES = "lemondata:store_task_failures:max"
+STORE_FINISHED = rules.FINISHED_STORE
+STORE_FAILURES = rules.FAILURES_STORE
 AVAILABILITY_ERRORS = "lemondata_slo:availability_errors:ratio_rate{window}"
 LATENCY_ERRORS = "lemondata_slo:latency_errors:ratio_rate{window}"
-# Burn-rate windows drawn, and the burn rates the SRE workbook's alerts fire
-# at (14.4: budget gone in 2 days, 6: in 5 days, 1: exactly at the objective).
-BURN_WINDOWS = ("5m", "1h", "6h", "1d", "3d")
-FAST_BURN = 14.4
-SLOW_BURN = 6.0
+# Burn-rate windows drawn (from the recorded ones), and the burn rates at which
+# the rules' fastest pair pages and the next one opens a ticket (14.4: budget
+# gone in about 2 days, 6: in 5).
+BURN_WINDOWS = tuple(w for w in rules.SLI_WINDOWS if w in ("5m", "1h", "6h", "1d", "3d"))
+FAST_BURN = rules.BURN_WINDOWS[0].factor
+SLOW_BURN = rules.BURN_WINDOWS[1].factor
 
 FAILED = 'status=~"failed|expired|timeout"'
 # Availability errors that are not `failed` tasks: the task never got a result.
@@ -76,23 +78,12 @@ COUNTED = 'status!="cancelled"'
 COMPLETED = 'status="completed"'
 NOT_FOUND = 'kind!="not_found"'
 
+
 # Alert thresholds drawn on the panels that show the same quantity, by the
-# names of the rules' `thresholds:` knobs (monitoring/rules.py documents them);
-# a user's knob wins over the default.
-THRESHOLD_DEFAULTS: dict[str, float] = {
-    "not_polling_seconds": 180,
-    "poll_lag_seconds": 60,
-    "api_down_seconds": 300,
-    "api_error_ratio": 0.25,
-    "rate_limit_remaining_ratio": 0.1,
-    "api_latency_p95_seconds": 2.5,
-    "waiting_seconds": 900,
-}
-
-
+# names of the rules' `thresholds:` knobs; a user's knob wins over the default.
 def alert_threshold(config: BundleConfig, name: str) -> float:
-    """The alert threshold `name` under `config`."""
-    return float(config.thresholds.get(name, THRESHOLD_DEFAULTS[name]))
+    """The alert threshold `name` under `config` (monitoring/rules.py documents each)."""
+    return float(config.thresholds.get(name, rules.THRESHOLDS[name][0]))
 
 
 # ---- selectors ------------------------------------------------------------------------

@@ -394,13 +394,6 @@ def test_threshold_lines_follow_the_knobs() -> None:
     assert board.alert_threshold(OTHER, "waiting_seconds") == 1234
 
 
-def test_threshold_defaults_are_the_rules_defaults() -> None:
-    rules = pytest.importorskip("monitoring.rules")
-    for name, default in board.THRESHOLD_DEFAULTS.items():
-        assert rules.THRESHOLDS[name][0] == default, name
-    assert {w.factor for w in rules.BURN_WINDOWS} >= {board.FAST_BURN, board.SLOW_BURN}
-
-
 def test_each_dashboard_fits_a_client_side_kubectl_apply() -> None:
     """`kubectl apply` keeps a copy in an annotation limited to 256 KiB per object."""
     for rendering in (BundleConfig(), OTHER):

@@ -34,6 +34,7 @@ import requests
 import yaml
 
 from monitoring import dashboards as board
+from monitoring import rules
 from monitoring.config import BundleConfig
 from tests.e2e.harness import ExporterProcess, free_port, wait_for
 from tests.monitoring.support import panels, require_tool, substitute_variables
@@ -107,8 +108,6 @@ class Feeder:
 
 def rule_files(name: str, config: BundleConfig) -> dict[str, str]:
     """The rules rendered from `config`, one file name per config."""
-    from monitoring import rules
-
     return {
         f"{name}-{Path(path).name}": text
         for path, text in rules.render(config).items()
@@ -145,7 +144,6 @@ class Stack:
 @pytest.fixture(scope="module", name="stack")
 def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_bin = require_tool("prometheus", hint="Debian package prometheus")
-    pytest.importorskip("monitoring.rules", reason="the recording rules' renderer")
     from exporter.simulator import Simulator, SimulatorSettings
 
     tmp = tmp_path_factory.mktemp("dashboards")
@@ -307,6 +305,30 @@ def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None
                 panel["title"],
                 expr,
             )
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+def test_time_series_panels_as_range_queries(stack: Stack, config_name: str) -> None:
+    """What Grafana sends for a graph: a range query with a step, over the last minute."""
+    targets = [
+        (panel, target)
+        for _, panel, target in _targets(config_name)
+        if panel["type"] in ("timeseries", "heatmap")
+    ]
+    assert all(target.get("range") is True for _, target in targets)
+    wait_for(lambda: stack.query("lemondata:store_tasks_finished:max"), 60, "recorded series")
+    end = float(stack.api("query", query="time()")["result"][1])  # Prometheus's clock
+    for panel, target in targets:
+        data = stack.api(
+            "query_range",
+            query=substitute_variables(target["expr"]),
+            start=end - 60,
+            end=end,
+            step=2,
+        )
+        assert data["resultType"] == "matrix", panel["title"]
+        if panel["title"] not in MAY_BE_EMPTY:
+            assert any(series["values"] for series in data["result"]), panel["title"]
 
 
 def test_the_model_table_has_a_row_per_model(stack: Stack) -> None:
