@@ -189,10 +189,11 @@ SELECT COALESCE(model, ''), SUM(finished_at IS NULL), SUM(finished_at IS NOT NUL
 FROM tasks GROUP BY COALESCE(model, '');
 """
 # Rows deleted per prune transaction: the writer's lock is released between
-# batches, so polls, registrations and scrapes never wait for a whole prune.
-PRUNE_BATCH = 1000
+# batches (for at least as long as a batch took), so polls and registrations
+# never wait for a whole prune.
+PRUNE_BATCH = 250
 PRUNE_ROUND = 50_000
-PRUNE_PAUSE_SECONDS = 0.002
+PRUNE_PAUSE_SECONDS = 0.005
 # Medians are recomputed at most this often (the status page shows them).
 MEDIAN_MAX_AGE_SECONDS = 60.0
 # Readers beside the one writer: WAL lets them read while it writes.
@@ -550,10 +551,11 @@ class SqliteTaskStore:
 
         The IDs due are read without the writer's lock (up to PRUNE_ROUND at a
         time) and deleted in ID order, which keeps each batch's changes on few
-        pages of the ID-keyed indexes. The writer's lock is let go between
-        batches (and a moment given to whoever waits for it), so a prune of a
-        day's tasks never holds up polling or a registration for more than one
-        batch; readers never wait for it at all. The WAL it grew is checkpointed
+        pages of the ID-keyed indexes. Between batches the writer's lock is let
+        go for at least as long as the batch held it, so a prune of a day's tasks
+        never holds up polling or a registration for more than one batch (a few
+        ms to a few tens) and takes at most half of the writer's time; readers
+        never wait for it at all. The WAL it grew is checkpointed
         and cut back at the end."""
         removed = 0
         while True:
@@ -569,6 +571,7 @@ class SqliteTaskStore:
             for start in range(0, len(due), batch):
                 ids = due[start : start + batch]
                 marks = ", ".join("?" for _ in ids)
+                began = time.monotonic()
                 with self._transaction() as db:
                     db.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", ids)
                     removed += db.execute(
@@ -576,7 +579,9 @@ class SqliteTaskStore:
                         " AND finished_at IS NOT NULL AND finished_at < ?",
                         (*ids, finished_before),
                     ).rowcount
-                time.sleep(PRUNE_PAUSE_SECONDS)  # a lock waiter gets its turn
+                # At most half of the time: polls and registrations waiting for
+                # the lock get in, and scrapes keep their share of the CPU.
+                time.sleep(max(PRUNE_PAUSE_SECONDS, time.monotonic() - began))
             if len(due) < PRUNE_ROUND:
                 break
         if removed:
