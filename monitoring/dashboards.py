@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -69,7 +68,6 @@ BURN_WINDOWS = tuple(w for w in rules.SLI_WINDOWS if w in ("5m", "1h", "6h", "1d
 FAST_BURN = rules.BURN_WINDOWS[0].factor
 SLOW_BURN = rules.BURN_WINDOWS[1].factor
 
-FAILED = 'status=~"failed|expired|timeout"'
 # Availability errors that are not `failed` tasks: the task never got a result.
 LOST = 'status=~"expired|timeout"'
 SERVICE = 'class="service"'
@@ -167,9 +165,8 @@ def counted_finishes(rm: str, window: str, by: str = "") -> str:
 
 
 def _le(seconds: float) -> str:
-    # prometheus-client writes 120.0; Prometheus 3 normalises it to 120 on ingestion.
-    text = f"{seconds:g}"
-    return f'le=~"{text}|{float(seconds)!r}"'
+    # The bucket bound as the rules match it: 120 or 120.0, whichever was ingested.
+    return f'le=~"{rules.le_matcher(seconds)}"'
 
 
 def latency_errors_ratio(config: BundleConfig, m: str, window: str) -> str:
@@ -419,6 +416,9 @@ def heatmap_panel(
 # ---- dashboards -----------------------------------------------------------------------
 
 
+AnyPanel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
+
+
 class Board:
     """A dashboard being built: numbers panels, lays them out left to right in rows of 24."""
 
@@ -471,9 +471,9 @@ class Board:
     def row(self, title: str) -> None:
         self.builder.with_row(dash.Row(title).id(self._id()))
 
-    def add(self, panel: cogbuilder.Builder[model.Panel], w: int, h: int) -> None:
-        placed: Any = panel
-        self.builder.with_panel(placed.id(self._id()).span(w).height(h))
+    def add(self, panel: AnyPanel, w: int, h: int) -> None:
+        """Adds `panel`, `w` columns wide and `h` rows high, after the last one."""
+        self.builder.with_panel(panel.id(self._id()).span(w).height(h))
 
     def build(self) -> model.Dashboard:
         return self.builder.build()
@@ -632,8 +632,9 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
     board.add(
         stat_panel(
             f"Availability, last {window}",
-            "Share of the tasks finished in the SLO window that completed or failed by the "
-            "caller's own fault (class user); service failures, expiries and timeouts are "
+            "Share of the tasks finished in the SLO window (or as far back as Prometheus "
+            "keeps data) that completed or failed by the caller's own fault (class user); "
+            "service failures, expiries and timeouts are "
             f"errors, cancellations are not counted. Objective {slo.availability_objective:.2%}.",
             "percentunit",
             f"1 - ({availability_ratio})",
@@ -860,14 +861,14 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
         table_panel(
             "Models over the time range",
             "One line per model over the dashboard's time range: finished tasks, failure "
-            "ratio (failed, expired, timed out; cancelled left out), failures by class, and "
-            "time to completion (p50, p95). A model with nothing to measure has an empty "
-            "cell, never NaN.",
+            "ratio (as the Failure ratio stat: the service's failures, expiries and "
+            "timeouts; cancelled left out), failures by class, and time to completion "
+            "(p50, p95). A model with nothing to measure has an empty cell, never NaN.",
             [
                 instant(f"sum by (model) ({increase(STORE_FINISHED, rm)})", ref="A"),
                 instant(
                     ratio(
-                        f"sum by (model) ({increase(STORE_FINISHED, _join(rm, FAILED))})",
+                        availability_errors(rm, "$__range", "model"),
                         counted_finishes(rm, "$__range", "model"),
                     ),
                     ref="B",

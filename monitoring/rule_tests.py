@@ -29,6 +29,7 @@ from monitoring.config import BundleConfig
 from monitoring.rules import (
     ALERTS_FILE,
     BURN_WINDOWS,
+    FOR_DURATIONS,
     RECORDING_FILE,
     BurnWindow,
     Rules,
@@ -270,17 +271,26 @@ class Generator:
     ) -> Case:
         """A gauge low for 5 m, high long enough to fire, then low again."""
         hold = self.f(alert) + delay + 5
-        values = gauge([(5, low), (hold, high), (20, low)])
+        keep = self.keep(alert)
+        values = gauge([(5, low), (hold, high), (keep + 20, low)])
         fire = 5 + delay + self.f(alert) + 2
+        checks = [
+            (4, alert, []),
+            (fire, alert, [self.expect(alert, expected, **(match or {}))]),
+            (5 + hold + keep + 3, alert, []),
+        ]
+        if keep:  # still firing just after the cause ended
+            checks.insert(2, (5 + hold + 1, alert, [self.expect(alert, expected, **(match or {}))]))
         return Case(
             f"{alert}: {metric} from {fmt(low)} to {fmt(high)} fires after its for:, resolves",
             [(series_name(metric, labels), values), *extra],
-            [
-                (4, alert, []),
-                (fire, alert, [self.expect(alert, expected, **(match or {}))]),
-                (5 + hold + 3, alert, []),
-            ],
+            checks,
         )
+
+    def keep(self, alert: str) -> int:
+        """keep_firing_for of `alert` in whole minutes (0 without)."""
+        key = f"{alert}.keep_firing_for"
+        return self.f(key) if key in FOR_DURATIONS else 0
 
     def exporter_cases(self) -> list[Case]:
         cases = []
@@ -442,13 +452,13 @@ class Generator:
                 "LemonDataAPIDown: no usable answer for longer than api_down_seconds, then back "
                 "(by a probe, with no task to poll)",
                 [
-                    (last, f"0+60x5 300x{back - 6} {back * 60}+60x20"),
-                    (up, gauge([(5, 1), (back - 5, 0), (20, 1)])),
+                    (last, f"0+60x5 300x{back - 6} {back * 60}+60x30"),
+                    (up, gauge([(5, 1), (back - 5, 0), (30, 1)])),
                 ],
                 [
                     (5 + since - 2, "LemonDataAPIDown", []),
                     (fire, "LemonDataAPIDown", [self.expect("LemonDataAPIDown", self.topo_i())]),
-                    (back + 1, "LemonDataAPIDown", []),
+                    (back + self.keep("LemonDataAPIDown") + 1, "LemonDataAPIDown", []),
                 ],
             )
         )

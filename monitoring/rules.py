@@ -141,6 +141,12 @@ FOR_DURATIONS: dict[str, tuple[str, str]] = {
     "LemonDataAPIDown": ("1m", "on top of the api_down_seconds threshold"),
     "LemonDataAPIKeyRejected": ("5m", "one 401 clears with the next good answer"),
     "LemonDataAPIQuotaExhausted": ("5m", "one 402 clears with the next good answer"),
+    # keep_firing_for: an alert that mutes others (Alertmanager inhibit rules)
+    # holds this long after its cause ends, so that what it muted resolves
+    # first instead of paging for a moment.
+    "LemonDataAPIKeyRejected.keep_firing_for": ("5m", "outlive the alerts it mutes"),
+    "LemonDataAPIQuotaExhausted.keep_firing_for": ("5m", "outlive the alerts it mutes"),
+    "LemonDataAPIDown.keep_firing_for": ("2m", "outlive the alerts it mutes"),
     "LemonDataAPIErrorRatioHigh": ("10m", "short error bursts are retried"),
     "LemonDataAPIRateLimited": ("15m", "the exporter slows down on 429s by itself"),
     "LemonDataRateLimitBudgetLow": ("5m", "one busy minute is no trend"),
@@ -267,13 +273,13 @@ class Rules:
         }
         if self.config.dashboard_url:
             annotations["dashboard_url"] = self.config.dashboard_url
-        return {
-            "alert": name,
-            "expr": expr,
-            "for": self.for_(for_key or name),
-            "labels": {"severity": severity, **(labels or {})},
-            "annotations": annotations,
-        }
+        rule: dict[str, Any] = {"alert": name, "expr": expr, "for": self.for_(for_key or name)}
+        keep = f"{name}.keep_firing_for"
+        if keep in FOR_DURATIONS:
+            rule["keep_firing_for"] = self.for_(keep)
+        rule["labels"] = {"severity": severity, **(labels or {})}
+        rule["annotations"] = annotations
+        return rule
 
     def where(self, *, instance: bool = False) -> str:
         """The exporter an alert is about, for annotations: its job (and instance)."""
