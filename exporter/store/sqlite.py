@@ -297,6 +297,7 @@ class SqliteTaskStore:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from None
         self._identity = self._file_identity()
         self._lock = threading.Lock()
+        self._closing = False
         self._medians: dict[str | None, float] = {}
         self._medians_at = -float("inf")
         self._medians_lock = threading.Lock()
@@ -363,6 +364,7 @@ class SqliteTaskStore:
         return True  # a SQLite file belongs to one agent
 
     def close(self) -> None:
+        self._closing = True  # a prune in progress stops after its batch
         with self._lock:
             self._db.close()
             for reader in self._reader_list:
@@ -386,6 +388,8 @@ class SqliteTaskStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._closing:
+                raise StoreError(f"the task store {self.path} is closed")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -569,6 +573,8 @@ class SqliteTaskStore:
                     )
                 )
             for start in range(0, len(due), batch):
+                if self._closing:  # shutting down: the rest waits for the next start
+                    return removed
                 ids = due[start : start + batch]
                 marks = ", ".join("?" for _ in ids)
                 began = time.monotonic()
