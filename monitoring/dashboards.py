@@ -167,9 +167,8 @@ def counted_finishes(rm: str, window: str, by: str = "") -> str:
 
 
 def _le(seconds: float) -> str:
-    # prometheus-client writes 120.0; Prometheus 3 normalises it to 120 on ingestion.
-    text = f"{seconds:g}"
-    return f'le=~"{text}|{float(seconds)!r}"'
+    # The bucket bound as the rules match it: 120 or 120.0, whichever was ingested.
+    return f'le=~"{rules.le_matcher(seconds)}"'
 
 
 def latency_errors_ratio(config: BundleConfig, m: str, window: str) -> str:
@@ -632,8 +631,9 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
     board.add(
         stat_panel(
             f"Availability, last {window}",
-            "Share of the tasks finished in the SLO window that completed or failed by the "
-            "caller's own fault (class user); service failures, expiries and timeouts are "
+            "Share of the tasks finished in the SLO window (or as far back as Prometheus "
+            "keeps data) that completed or failed by the caller's own fault (class user); "
+            "service failures, expiries and timeouts are "
             f"errors, cancellations are not counted. Objective {slo.availability_objective:.2%}.",
             "percentunit",
             f"1 - ({availability_ratio})",
