@@ -4,11 +4,12 @@ On loopback, in a temporary folder: the simulator (time x60) with a feeder that
 creates tasks of four models with mixed outcomes (completed, failed by the
 caller, failed by the service, cancelled) and appends them to the file the
 exporter watches; the exporter polling it; a real Prometheus scraping the
-exporter twice, as two deployments in two clusters:
+exporter three times, as deployments in three clusters:
 
 - job `lemondata-exporter`, `cluster="eu-1"`: what the default knobs select;
-- job `ai-tasks`, `region="us-2"`, `env="prod"`: selected by the other knobs
-  (another selector, `region` as the cluster label, multi-cluster on).
+- job `ai-tasks` in `region="us-2"` and in `region="eu-3"`, `env="prod"`:
+  selected by the other knobs (another selector, `region` as the cluster
+  label, multi-cluster on).
 
 Prometheus loads the recording rules rendered from the same two configs
 (monitoring/rules.py), so the dashboards' recorded series exist as shipped.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -52,9 +54,11 @@ OTHER = BundleConfig(
 )
 CONFIGS = {"default": DEFAULT, "other": OTHER}
 # Where each config's deployment is scraped from, as Prometheus target labels.
+# scrape config name -> target labels (`job` among them)
 TARGETS = {
-    "default": ("lemondata-exporter", {"cluster": "eu-1", "namespace": "ai"}),
-    "other": ("ai-tasks", {"region": "us-2", "namespace": "ai", "env": "prod"}),
+    "lemondata-exporter": {"job": "lemondata-exporter", "cluster": "eu-1", "namespace": "ai"},
+    "ai-tasks-us": {"job": "ai-tasks", "region": "us-2", "namespace": "ai", "env": "prod"},
+    "ai-tasks-eu": {"job": "ai-tasks", "region": "eu-3", "namespace": "ai", "env": "prod"},
 }
 # (model, kind, outcome, reason) in turn: most complete, some fail by the
 # caller's fault, some by the service's, one in eight is cancelled.
@@ -185,7 +189,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "scrape_timeout": "1s",
                 "static_configs": [{"targets": [address], "labels": labels}],
             }
-            for job, labels in TARGETS.values()
+            for job, labels in TARGETS.items()
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config), encoding="utf-8")
@@ -287,7 +291,7 @@ def test_every_panel_query_runs_and_shows_data(stack: Stack, config_name: str) -
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
-def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None:
+def test_stats_and_tables_never_show_nan_or_a_negative(stack: Stack, config_name: str) -> None:
     # Wait for a finished task of every model, then read every instant query.
     wait_for(
         lambda: len(stack.query("sum by (model) (lemondata:store_tasks_finished:max) > 0")) >= 4,
@@ -305,6 +309,9 @@ def test_stats_and_tables_never_show_nan(stack: Stack, config_name: str) -> None
                 panel["title"],
                 expr,
             )
+            # no count, age, ratio or "resets in" below zero; only a budget can be overspent
+            if "budget left" not in panel["title"]:
+                assert number >= 0, (path, panel["title"], number)
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
@@ -342,6 +349,9 @@ def test_the_model_table_has_a_row_per_model(stack: Stack) -> None:
     assert set(by_ref["C"]) == models and set(by_ref["D"]) == models  # failures at zero too
     assert by_ref["D"]["flux-pro"] > 0  # content_policy: the caller's fault
     assert by_ref["C"]["flux-schnell"] > 0  # upstream_error: the service's
+    # the failure ratio counts the service's failures only
+    assert by_ref["B"]["flux-schnell"] > 0
+    assert by_ref["B"]["flux-pro"] == 0
 
 
 def _label_values(stack: Stack, variable_query: str) -> set[str]:
@@ -358,7 +368,7 @@ def test_variables_select_their_own_deployment(stack: Stack) -> None:
     wait_for(lambda: stack.query("lemondata_store_tasks_finished_total"), 30, "a first scrape")
     for config_name, expected in (
         ("default", {"job": {"lemondata-exporter"}}),
-        ("other", {"cluster": {"us-2"}, "job": {"ai-tasks"}}),
+        ("other", {"cluster": {"us-2", "eu-3"}, "job": {"ai-tasks"}}),
     ):
         dashboard = json.loads(board.render(CONFIGS[config_name])[board.TASKS_FILE])
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -372,7 +382,26 @@ def test_filtering_by_cluster_keeps_deployments_apart(stack: Stack) -> None:
     """With a cluster chosen, the other renderings' panel shows that cluster's series only."""
     finished = _panel("other", "Finished")
     expr = finished["targets"][0]["expr"]
-    chosen = substitute_variables(expr.replace("$cluster", "us-2"))
+    for region in ("us-2", "eu-3"):
+        chosen = substitute_variables(expr.replace("$cluster", region))
+        wait_for(lambda q=chosen: _numbers(stack.query(q)), 60, f"finished tasks in {region}")
+    # eu-1 is a cluster of the default deployment, whose clusters are another label
     elsewhere = substitute_variables(expr.replace("$cluster", "eu-1"))
-    wait_for(lambda: _numbers(stack.query(chosen)), 60, "finished tasks in us-2")
     assert stack.query(elsewhere) == []
+
+
+def test_recorded_series_keep_the_cluster_label(stack: Stack) -> None:
+    """Every recorded series a dashboard reads keeps the configured cluster label."""
+    recorded = {
+        metric
+        for _, _, target in _targets("other")
+        for metric in re.findall(r"lemondata(?:_slo)?:[a-z_]+:[a-z_0-9]+", target["expr"])
+    }
+    assert len(recorded) > 5
+    for metric in sorted(recorded):
+        expr = f'count by (region) ({metric}{{job="ai-tasks"}})'
+        wait_for(
+            lambda e=expr: {s["metric"].get("region") for s in stack.query(e)} >= {"us-2", "eu-3"},
+            60,
+            f"{metric} in both regions",
+        )

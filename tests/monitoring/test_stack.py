@@ -14,9 +14,9 @@ Everything runs on loopback, on free ports, in a temporary folder:
   shipped ones with only the `for:` durations and the range windows shortened,
   so the rule logic under test is the shipped one.
 
-Every rule loads and evaluates, every dashboard query runs, and nothing fires
-while tasks flow normally. The alert scenarios (faults, firing and resolving,
-inhibition) are in test_alert_scenarios.py.
+Every rule loads and evaluates, and nothing fires while tasks flow normally
+(the dashboards' queries run in test_dashboards_live.py). The alert scenarios
+(faults, firing and resolving, inhibition) are in test_alert_scenarios.py.
 """
 
 from __future__ import annotations
