@@ -35,13 +35,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from bench.common import machine, start_simulator, table
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import PollingConfig
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
-from exporter.poller.cycle import PollCycle
+from exporter.poller.adaptive import build_schedule
+from exporter.poller.cycle import CycleSettings
 from exporter.poller.ratelimit import AccountShare, RequestBudget
-from exporter.poller.schedule import build_schedule
 from exporter.poller.transitions import PollPolicy
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
@@ -67,18 +68,17 @@ class WholePath:
         )
         self.client = UpstreamClient(url, SecretStr(KEY), max_connections=workers)
         schedule = build_schedule(polling)
-        self.cycle = PollCycle(
+        self.cycle = build_poller(
             self.store,
             self.client,
             classifier,
             recorder,
             RequestBudget(polling.requests_per_second),
-            PollPolicy(task_interval=polling.task_interval_seconds, planner=schedule),
-            workers=workers,
-            batch_size=len(task_ids),
+            PollPolicy(task_interval=polling.task_interval_seconds),
+            CycleSettings(workers=workers, batch_size=len(task_ids)),
             schedule=schedule,
             share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
-        )
+        ).cycle
         self.count = len(task_ids)
 
     def reset(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.workload import WorkloadTask
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS, PollingConfig
 from exporter.metrics.recorder import Recorder
@@ -40,9 +41,9 @@ from exporter.model import (
     Status,
     TaskUpdate,
 )
-from exporter.poller.cycle import PollCycle
+from exporter.poller.adaptive import build_schedule
+from exporter.poller.cycle import CycleSettings
 from exporter.poller.ratelimit import AccountShare, RequestBudget
-from exporter.poller.schedule import build_schedule
 from exporter.poller.transitions import PollPolicy
 from exporter.simulator.lifecycle import TaskPlan, observe
 from exporter.simulator.payloads import image_status_payload, unified_status_payload
@@ -186,9 +187,9 @@ def run(
     )
     schedule = build_schedule(config)
     per_cycle = max(1, int(config.requests_per_second * config.cycle_interval_seconds))
-    cycle = PollCycle(
+    cycle = build_poller(
         store,
-        client,  # type: ignore[arg-type]
+        client,
         classifier,
         recorder,
         _CycleBudget(config.requests_per_second),
@@ -197,16 +198,13 @@ def run(
             max_wait=config.max_wait_seconds,
             backoff_base=config.backoff_base_seconds,
             backoff_max=config.backoff_max_seconds,
-            planner=schedule,
         ),
-        workers=1,
-        batch_size=per_cycle,
+        CycleSettings(workers=1, batch_size=per_cycle, lookahead=config.cycle_interval_seconds / 2),
         clock=clock,
         jitter=random.Random(seed).random,
         schedule=schedule,
         share=AccountShare(config.requests_per_second, config.rate_limit_reserve_ratio, clock),
-        lookahead=config.cycle_interval_seconds / 2,
-    )
+    ).cycle
     pending = list(workload)
     next_index = 0
     step = config.cycle_interval_seconds

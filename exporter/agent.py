@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -14,6 +16,7 @@ from pydantic import SecretStr
 
 from exporter.api.mounts import WebApis
 from exporter.api.validation import SOURCE as API_SOURCE
+from exporter.backends import open_store, request_budget, stream_sources
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -22,19 +25,23 @@ from exporter.discovery.runner import run_discovery
 from exporter.discovery.static import StaticSource
 from exporter.intake import TaskIntake
 from exporter.metrics.collector import TaskStoreCollector
-from exporter.metrics.recorder import Recorder
+from exporter.metrics.recorder import PollRecording, Recorder
 from exporter.metrics.static_labels import serving_registry
 from exporter.metrics.store_totals import StoreTotalsCollector
 from exporter.model import ACTIVE_STATUSES, Status
-from exporter.poller.cycle import PollCycle
-from exporter.poller.ratelimit import AccountShare
-from exporter.poller.schedule import build_schedule
+from exporter.poller.account import AccountWatcher
+from exporter.poller.adaptive import AdaptiveSchedule, build_schedule
+from exporter.poller.cycle import CycleSettings, PollCycle, StatusFetcher
+from exporter.poller.events import PollListener
+from exporter.poller.handler import OutcomeHandler
+from exporter.poller.learning import DurationLearning
+from exporter.poller.ratecontrol import RateController
+from exporter.poller.ratelimit import AccountShare, Budget
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
-from exporter.replicas import open_store, request_budget, stream_sources
-from exporter.store.base import TaskStore
+from exporter.store.base import ModelStatsStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
 from exporter.web.security import WebSecurity
@@ -111,8 +118,7 @@ class Agent:
             max_response_bytes=config.api.max_response_bytes,
             max_connections=config.api.max_connections,
         )
-        self.schedule = build_schedule(polling)  # None: fixed-interval polling
-        self.cycle = PollCycle(
+        self.poller = build_poller(
             self.store,
             self.client,
             self.classifier,
@@ -123,22 +129,24 @@ class Agent:
                 max_wait=polling.max_wait_seconds,
                 backoff_base=polling.backoff_base_seconds,
                 backoff_max=polling.backoff_max_seconds,
-                planner=self.schedule,
             ),
-            workers=config.api.max_connections,
-            # About two cycles' worth of budget: enough to keep the pool busy,
-            # small enough that a cycle ends and the lag is measured.
-            batch_size=max(
-                1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)
+            CycleSettings(
+                workers=config.api.max_connections,
+                # About two cycles' worth of budget: enough to keep the pool busy,
+                # small enough that a cycle ends and the lag is measured.
+                batch_size=max(
+                    1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)
+                ),
+                lookahead=polling.cycle_interval_seconds / 2,
+                # A slow request must not hold back every due task: after a cycle's
+                # worth of waiting, the stragglers are applied by a later cycle.
+                straggler_wait=polling.cycle_interval_seconds,
+                probe_interval=polling.probe_interval_seconds,
             ),
-            schedule=self.schedule,
+            schedule=build_schedule(polling),  # None: fixed-interval polling
             share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
-            lookahead=polling.cycle_interval_seconds / 2,
-            # A slow request must not hold back every due task: after a cycle's
-            # worth of waiting, the stragglers are applied by a later cycle.
-            straggler_wait=polling.cycle_interval_seconds,
-            probe_interval=polling.probe_interval_seconds,
         )
+        self.cycle = self.poller.cycle
         self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         self._last_idle_log: float | None = None  # monotonic; may be < 300 s after boot
         self._discovered_once = False  # no idle hint in the log before the first pass
@@ -295,9 +303,65 @@ class Agent:
         finisher.join(deadline + 0.5)
         if finisher.is_alive() or (unanswered and unanswered[0]):
             log.warning("in-flight polls did not finish within %.0f s; abandoning them", deadline)
-        self.cycle.save_stats()
+        self.poller.save_stats()
         self.client.close()
         self.store.close()
+
+
+@dataclass(frozen=True)
+class Poller:
+    """The poll path, wired: the loop, the outcome handler and its listeners."""
+
+    cycle: PollCycle
+    handler: OutcomeHandler
+    rate: RateController
+    learning: DurationLearning | None
+
+    def save_stats(self) -> None:
+        if self.learning is not None:
+            self.learning.save()
+
+
+def build_poller(
+    store: TaskStore,
+    client: StatusFetcher,
+    classifier: ReasonClassifier,
+    recorder: Recorder,
+    budget: Budget,
+    policy: PollPolicy,
+    settings: CycleSettings,
+    *,
+    schedule: AdaptiveSchedule | None = None,
+    share: AccountShare | None = None,
+    clock: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+) -> Poller:
+    """The poll loop -> one outcome handler -> listeners (metrics, account state,
+    rate controller, duration learning); see docs/architecture.md."""
+    rate = RateController(
+        budget, pause_default=policy.backoff_base, share=share, on_rate=recorder.allowed_rate
+    )
+    listeners: list[PollListener] = [
+        PollRecording(recorder),
+        AccountWatcher(recorder.set_account_state),
+        rate,
+    ]
+    learning = None
+    if schedule is not None:
+        keeper = store if isinstance(store, ModelStatsStore) else None
+        learning = DurationLearning(schedule, keeper)
+        listeners.append(learning)
+    handler = OutcomeHandler(
+        store,
+        classifier,
+        policy,
+        listeners,
+        model_label=recorder.model_label,
+        schedule=schedule,
+        jitter=jitter,
+    )
+    cycle = PollCycle(store, client, handler, rate, settings, clock=clock, ranking=schedule)
+    return Poller(cycle, handler, rate, learning)
 
 
 def bind_failure(exc: OSError) -> str:

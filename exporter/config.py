@@ -252,12 +252,12 @@ class StaticTask(_Section):
         return check_poll_path(value)
 
 
-class FileSource(_Section):
+class FileDiscovery(_Section):
     path: FilePath
     name: str = Field(default="file", pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 
-class RedisStreamSource(_Section):
+class RedisStreamDiscovery(_Section):
     """A Redis Stream that applications append tasks to (fields task_id, model, poll_url)."""
 
     stream: str = Field(default="lemondata:tasks", pattern=r"^[A-Za-z0-9_.:{}-]{1,128}$")
@@ -278,8 +278,8 @@ class RedisStreamSource(_Section):
 
 class DiscoveryConfig(_Section):
     interval_seconds: PositiveSeconds = 2.0
-    files: list[FileSource] = []
-    redis_stream: RedisStreamSource | None = None
+    files: list[FileDiscovery] = []
+    redis_stream: RedisStreamDiscovery | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> DiscoveryConfig:

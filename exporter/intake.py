@@ -1,4 +1,4 @@
-"""The cap on tracked tasks: which newly offered tasks the store takes.
+"""Every way in: the cap on tracked tasks, and registering what it lets through.
 
 Every way in (discovery sources, the task API, the proxy) asks `admit` before
 it adds tasks, so nobody, with or without credentials, can grow the store (and
@@ -6,6 +6,9 @@ every poll cycle's work) without bound. Only unfinished tasks count: finished
 ones are pruned after `store.retention_seconds`. The count comes from the
 store's status counts, so replicas sharing a Redis store share the cap; two
 registrations racing near the cap may overshoot it by one batch.
+
+`register_tasks` is how every source (discovery, the task API, the proxy) adds
+tasks: the store takes the new ones and the metrics count them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -25,6 +29,41 @@ log = logging.getLogger(__name__)
 LIMIT_SETTING = "store.max_tracked_tasks"
 REASONS = ("limit", "invalid")
 LOG_INTERVAL_SECONDS = 300.0
+
+
+class RegistrationRecorder(Protocol):
+    """The part of `metrics.recorder.Recorder` registration feeds."""
+
+    def tasks_discovered(self, source: str, count: int) -> None: ...
+
+    def add_models(self, models: Iterable[str | None]) -> None: ...
+
+
+class TaskAdder(Protocol):
+    def add(
+        self,
+        tasks: Iterable[DiscoveredTask],
+        now: float,
+        source_state: tuple[str, str] | None = None,
+    ) -> list[DiscoveredTask]: ...
+
+
+def register_tasks(
+    store: TaskAdder,
+    recorder: RegistrationRecorder,
+    source: str,
+    tasks: Sequence[DiscoveredTask],
+    now: float,
+    state: tuple[str, str] | None = None,
+) -> list[DiscoveredTask]:
+    """Add `tasks` (and a source's position) to the store; the new ones are counted
+    by source and their models get series. Returns the tasks that were new."""
+    added = store.add(tasks, now, state)
+    if added:
+        recorder.tasks_discovered(source, len(added))
+        recorder.add_models(task.model for task in added)
+        log.debug("%s: %d new task(s)", source, len(added))
+    return added
 
 
 @dataclass(frozen=True, slots=True)

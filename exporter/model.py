@@ -115,6 +115,9 @@ class OutcomeKind(StrEnum):
     REDIRECT = "redirect"  # never followed: the key must not leave the API base
 
 
+_ANSWER_KINDS = (OutcomeKind.REPORT, OutcomeKind.NOT_FOUND, OutcomeKind.RATE_LIMITED)
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
     limit: float | None = None
@@ -133,6 +136,13 @@ class PollOutcome:
     rate_limit: RateLimitInfo | None = None
     latency: float = 0.0
     detail: str = ""  # short, secret-free description for logs and the store
+
+    @property
+    def answered(self) -> bool:
+        """A usable answer, even if not good news: the API is reachable and takes the key.
+
+        The one definition of an answer (`lemondata_api_up`, the last answer's time)."""
+        return self.kind in _ANSWER_KINDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import SecretStr
 
 from exporter.api.auth import TOKEN_ENV, BearerCheck
 from exporter.api.openapi import PREFIX, openapi_document
+from exporter.api.schema import detail_json, task_json
 from exporter.api.validation import (
     SOURCE,
     ApiError,
@@ -33,9 +33,8 @@ from exporter.api.validation import (
     parse_registration,
     task_id_from_path,
 )
-from exporter.intake import LIMIT_SETTING, TaskIntake
-from exporter.model import Task
-from exporter.store.base import TaskEvent, TaskStore
+from exporter.intake import LIMIT_SETTING, RegistrationRecorder, TaskIntake, register_tasks
+from exporter.store.base import TaskStore
 from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,14 +49,6 @@ DISABLED_MESSAGE = (
     "api_server.token_file in the config, restart the exporter, and send it as "
     "`Authorization: Bearer <token>`. See docs/api.md."
 )
-
-
-class RegistrationRecorder(Protocol):
-    """The part of `metrics.recorder.Recorder` the API feeds."""
-
-    def tasks_discovered(self, source: str, count: int) -> None: ...
-
-    def add_models(self, models: Iterable[str | None]) -> None: ...
 
 
 class TaskApi:
@@ -181,11 +172,7 @@ class TaskApi:
                     f"tasks ({LIMIT_SETTING}); {refused} new task(s) would not fit and nothing "
                     "was added; retry when tasks have finished, or raise the limit",
                 )
-        added = self.store.add(tasks, self._clock())
-        if added:
-            self.recorder.tasks_discovered(SOURCE, len(added))
-            self.recorder.add_models(task.model for task in added)
-            log.debug("task API: %d new task(s) registered", len(added))
+        added = register_tasks(self.store, self.recorder, SOURCE, tasks, self._clock())
         added_ids = {task.task_id for task in added}
         result = {
             "added": [task.task_id for task in tasks if task.task_id in added_ids],
@@ -236,7 +223,7 @@ class TaskApi:
         tasks = self.store.list_tasks(
             status=query.status, model=query.model, after=query.cursor, limit=query.limit + 1
         )
-        page: dict[str, Any] = {"tasks": [_task_json(task) for task in tasks[: query.limit]]}
+        page: dict[str, Any] = {"tasks": [task_json(task) for task in tasks[: query.limit]]}
         if len(tasks) > query.limit:
             page["next_cursor"] = tasks[query.limit - 1].task_id
         return _json(200, page)
@@ -245,10 +232,7 @@ class TaskApi:
         task = self.store.get(task_id) if task_id is not None else None
         if task is None:
             raise ApiError(404, "not_found", "no task with this ID is tracked")
-        detail = _task_json(task)
-        detail["error_message"] = task.error_message
-        detail["history"] = [_event_json(event) for event in self.store.events(task.task_id)]
-        return _json(200, detail)
+        return _json(200, detail_json(task, self.store.events(task.task_id)))
 
     def _delete(self, task_id: str | None) -> tuple[int, Headers, bytes]:
         if task_id is None or not self.store.remove(task_id):
@@ -283,41 +267,6 @@ def _drain(environ: dict[str, Any], length: int | None = None) -> None:
         if not chunk:
             return
         length -= len(chunk)
-
-
-def _number(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _task_json(task: Task) -> dict[str, Any]:
-    finished = task.finished_at is not None
-    return {
-        "task_id": task.task_id,
-        "source": task.source,
-        "model": task.model,
-        "poll_url": task.poll_url,
-        "status": task.status.value,
-        "discovered_at": _number(task.discovered_at) or 0.0,
-        "next_poll_at": None if finished else _number(task.next_poll_at),
-        "created": _number(task.created),
-        "first_seen": _number(task.first_seen),
-        "last_polled": _number(task.last_polled),
-        "processing_seen": _number(task.processing_seen),
-        "finished_at": _number(task.finished_at),
-        "duration_seconds": _number(task.duration_seconds),
-        "attempts": task.attempts,
-        "consecutive_errors": task.consecutive_errors,
-        "reason": task.reason,
-        "last_error": task.last_error,
-    }
-
-
-def _event_json(event: TaskEvent) -> dict[str, Any]:
-    return {
-        "at": _number(event.at) or 0.0,
-        "status": event.status.value,
-        "previous": event.previous.value,
-    }
 
 
 def _encode(payload: Any) -> bytes:

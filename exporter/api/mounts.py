@@ -8,12 +8,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from exporter.api.app import RegistrationRecorder, TaskApi
+from exporter.api.app import TaskApi
 from exporter.api.auth import TOKEN_ENV, BearerCheck, read_token, require_token
 from exporter.api.status_page import PATH as STATUS_PATH
 from exporter.api.status_page import StatusPage
 from exporter.config import Config
-from exporter.intake import TaskIntake
+from exporter.intake import RegistrationRecorder, TaskIntake
 from exporter.logsetup import add_secret
 from exporter.store.base import TaskStore
 

@@ -1,7 +1,9 @@
 """The OpenAPI 3 document of the task API, served at /api/v1/openapi.json.
 
 Built from the constants the validation uses, so the published limits and
-patterns are the enforced ones. `max_batch_size` comes from the config.
+patterns are the enforced ones, and from the models of `schema.py`, so the
+published task fields are the ones the answers hold. `max_batch_size` comes
+from the config.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter import __version__
+from exporter.api.schema import COMPONENTS, component
 from exporter.api.validation import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -26,10 +29,6 @@ JSON = "application/json"
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {**schema, "nullable": True, "description": description}
 
 
 def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -54,6 +53,7 @@ _UNAUTHORIZED = _error_response(
 _SERVER_ERROR = _error_response(
     "An unexpected problem (logged by the exporter); the body never holds details."
 )
+_STATUSES = [status.value for status in Status]
 _TASK_ID_PARAMETER = {
     "name": "task_id",
     "in": "path",
@@ -61,79 +61,6 @@ _TASK_ID_PARAMETER = {
     "description": "The task's ID.",
     "schema": {"type": "string", "pattern": TASK_ID_REGEX, "minLength": 1, "maxLength": 128},
 }
-_NUMBER = {"type": "number"}
-_STATUSES = [status.value for status in Status]
-
-
-def _task_properties() -> dict[str, Any]:
-    return {
-        "task_id": {"type": "string", "description": "The upstream task ID."},
-        "source": {
-            "type": "string",
-            "description": "Where the task came from: `api`, `config`, or a discovery "
-            "source's name (`file`, ...).",
-        },
-        "model": _nullable({"type": "string"}, "The model, when someone said which."),
-        "poll_url": _nullable(
-            {"type": "string"},
-            "The path the task is polled on; null: the configured `api.status_path`.",
-        ),
-        "status": {
-            "type": "string",
-            "enum": _STATUSES,
-            "description": "Last seen status: `unknown` until the API answered.",
-        },
-        "discovered_at": {
-            **_NUMBER,
-            "description": "When the exporter learnt of the task (unix seconds).",
-        },
-        "next_poll_at": _nullable(
-            _NUMBER, "When it is polled next (unix seconds); null once finished."
-        ),
-        "created": _nullable(_NUMBER, "The upstream `created` (unix seconds)."),
-        "first_seen": _nullable(_NUMBER, "The first usable answer (unix seconds)."),
-        "last_polled": _nullable(
-            _NUMBER, "The last poll that told the task's status (unix seconds)."
-        ),
-        "processing_seen": _nullable(
-            _NUMBER, "The first poll that saw it processing (unix seconds)."
-        ),
-        "finished_at": _nullable(_NUMBER, "When the exporter saw it finish (unix seconds)."),
-        "duration_seconds": _nullable(_NUMBER, "Created to finished, when measurable."),
-        "attempts": {"type": "integer", "minimum": 0, "description": "Polls so far."},
-        "consecutive_errors": {
-            "type": "integer",
-            "minimum": 0,
-            "description": "Failed polls in a row (they back off).",
-        },
-        "reason": _nullable(
-            {"type": "string"}, "The failure reason classified from the error text (failed tasks)."
-        ),
-        "last_error": _nullable(
-            {"type": "string"}, "The last polling problem (a short description for people)."
-        ),
-    }
-
-
-def _task_schema(detail: bool) -> dict[str, Any]:
-    properties = _task_properties()
-    if detail:
-        properties["error_message"] = _nullable(
-            {"type": "string"},
-            "The raw error text the API gave for a finished task (untrusted text, up to 8192 "
-            "characters).",
-        )
-        properties["history"] = {
-            "type": "array",
-            "description": "Status changes, oldest first (the last 50).",
-            "items": _ref("TaskEvent"),
-        }
-    return {
-        "type": "object",
-        "required": list(properties),
-        "additionalProperties": False,
-        "properties": properties,
-    }
 
 
 def openapi_document(max_batch_size: int) -> dict[str, Any]:
@@ -373,21 +300,7 @@ def openapi_document(max_batch_size: int) -> dict[str, Any]:
                         },
                     },
                 },
-                "Task": _task_schema(detail=False),
-                "TaskDetail": _task_schema(detail=True),
-                "TaskEvent": {
-                    "type": "object",
-                    "required": ["at", "status", "previous"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "at": {
-                            **_NUMBER,
-                            "description": "When the change was seen (unix seconds).",
-                        },
-                        "status": {"type": "string", "enum": _STATUSES},
-                        "previous": {"type": "string", "enum": _STATUSES},
-                    },
-                },
+                **{name: component(model) for model, name in COMPONENTS.items()},
                 "TaskList": {
                     "type": "object",
                     "required": ["tasks"],

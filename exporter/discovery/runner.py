@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from exporter.discovery.base import DiscoverySource
-from exporter.intake import TaskIntake
-from exporter.metrics.recorder import Recorder
-from exporter.store.base import TaskStore
+from exporter.intake import RegistrationRecorder, TaskAdder, TaskIntake, register_tasks
 
 log = logging.getLogger(__name__)
 
 
+class DiscoveryStore(TaskAdder, Protocol):
+    def source_state(self, source: str) -> str | None:
+        """Where a source left off (its saved position), None at first."""
+        ...
+
+
+class DiscoveryRecorder(RegistrationRecorder, Protocol):
+    def discovery_error(self, source: str) -> None: ...
+
+
 def run_discovery(
     sources: Sequence[DiscoverySource],
-    store: TaskStore,
-    recorder: Recorder,
+    store: DiscoveryStore,
+    recorder: DiscoveryRecorder,
     now: float,
     intake: TaskIntake | None = None,
 ) -> int:
@@ -43,10 +52,5 @@ def run_discovery(
             continue
         state = (source.name, batch.state) if batch.state is not None else None
         tasks = intake.admit(source.name, batch.tasks).tasks if intake is not None else batch.tasks
-        added = store.add(tasks, now, state)
-        if added:
-            recorder.tasks_discovered(source.name, len(added))
-            recorder.add_models(task.model for task in added)
-            log.debug("discovery %s: %d new task(s)", source.name, len(added))
-        total += len(added)
+        total += len(register_tasks(store, recorder, source.name, tasks, now, state))
     return total

@@ -5,6 +5,33 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Budget(Protocol):
+    """The requests-per-second budget every poll worker waits on: this process's
+    token bucket (`RequestBudget`) or a group's in Redis (`SharedRequestBudget`)."""
+
+    rate: float
+
+    def pause_for(self, seconds: float) -> None:
+        """No request goes out for `seconds` (a 429's Retry-After is the account's)."""
+
+    def reserve(self) -> float:
+        """Take one request slot; how long the caller must wait before using it."""
+        ...
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Block until a request may be sent; False if `stop` was set meanwhile."""
+        ...
+
+
+def wait_for_slot(reserve: Callable[[], float], stop: threading.Event) -> bool:
+    """Take a slot and wait for it; False if `stop` was set meanwhile."""
+    wait = reserve()
+    if wait > 0:
+        return not stop.wait(wait)
+    return not stop.is_set()
 
 
 class RequestBudget:
@@ -44,10 +71,7 @@ class RequestBudget:
 
     def acquire(self, stop: threading.Event) -> bool:
         """Block until a request may be sent; False if `stop` was set meanwhile."""
-        wait = self.reserve()
-        if wait > 0:
-            return not stop.wait(wait)
-        return not stop.is_set()
+        return wait_for_slot(self.reserve, stop)
 
 
 class AccountShare:

@@ -20,8 +20,8 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
+from exporter.poller.adaptive import Eta, Planner, progress_eta
 from exporter.poller.backoff import backoff_delay, retry_after_delay
-from exporter.poller.schedule import Planner, progress_eta
 
 # Statuses the API documents; anything else is counted and polled again.
 _REPORTED_STATUSES = {
@@ -43,20 +43,28 @@ class PollPolicy:
     backoff_max: float = 300.0
     # Upstream clocks may run ahead of ours; beyond this a timestamp is bogus.
     clock_skew: float = 300.0
-    # Adaptive polling: the next poll of a healthy unfinished task is
-    # `planner.delay(...)` away instead of `task_interval`.
-    planner: Planner | None = None
 
 
 def decide(
-    task: Task, outcome: PollOutcome, now: float, policy: PollPolicy, jitter: float
+    task: Task,
+    outcome: PollOutcome,
+    now: float,
+    policy: PollPolicy,
+    jitter: float,
+    plan: Planner | None = None,
 ) -> TaskUpdate:
-    """The task's next state after `outcome`, observed at `now`."""
+    """The task's next state after `outcome`, observed at `now`.
+
+    `plan` (adaptive polling) says when to poll a healthy unfinished task
+    next; without it that is `policy.task_interval` away. The caller passes a
+    snapshot of what the schedule knows (`AdaptiveSchedule.plan()`), so the
+    decision reads values only.
+    """
     # Only an answer that tells the task's status says it was unfinished then;
     # the uncertainty of a finish seen later is measured from that poll (an
     # error or an unknown status in between says nothing).
     report = outcome.report if outcome.kind is OutcomeKind.REPORT else None
-    answered = report is not None and report.status in _REPORTED_STATUSES
+    status_known = report is not None and report.status in _REPORTED_STATUSES
     base = TaskUpdate(
         status=task.status,
         next_poll_at=now + policy.task_interval,
@@ -65,12 +73,12 @@ def decide(
         model=task.model,
         first_seen=task.first_seen,
         processing_seen=task.processing_seen,
-        last_polled=now if answered else task.last_polled,
+        last_polled=now if status_known else task.last_polled,
         progress=task.progress,
         progress_at=task.progress_at,
     )
     if outcome.kind is OutcomeKind.REPORT and outcome.report is not None:
-        update = _apply_report(task, outcome.report, now, policy, jitter, base)
+        update = _apply_report(task, outcome.report, now, policy, jitter, base, plan)
     elif outcome.kind is OutcomeKind.NOT_FOUND:
         update = _replace(base, status=Status.EXPIRED, finish=Finish(Status.EXPIRED))
     else:
@@ -85,13 +93,14 @@ def _apply_report(
     policy: PollPolicy,
     jitter: float,
     base: TaskUpdate,
+    plan: Planner | None,
 ) -> TaskUpdate:
     created = (
         task.created if task.created is not None else _valid_created(report.created, now, policy)
     )
     model = task.model or report.model
     first_seen = task.first_seen if task.first_seen is not None else now
-    status = _REPORTED_STATUSES.get(report.status)
+    status = _reported_status(report)
     if status is None:
         errors = task.consecutive_errors + 1
         return _replace(
@@ -105,14 +114,7 @@ def _apply_report(
             error_kind=UNKNOWN_STATUS_KIND,
             last_error=f"unknown status {report.status[:40]!r}",
         )
-    if status is Status.FAILED and (report.cancelled or _says_cancelled(report.error)):
-        status = Status.CANCELLED
-    processing_seen = task.processing_seen
-    pending_seconds = None
-    if status is Status.PROCESSING and processing_seen is None:
-        processing_seen = now
-        if created is not None:
-            pending_seconds = max(0.0, now - created)
+    processing_seen, pending_seconds = _processing_start(task, status, created, now)
     finish = None
     if status in _TIMED_STATUSES:
         duration, exact, uncertainty = completion_duration(
@@ -121,20 +123,13 @@ def _apply_report(
         finish = Finish(status, duration, exact, uncertainty, report.error)
     progress, progress_at, eta = task.progress, task.progress_at, None
     if status is Status.PROCESSING and report.progress is not None:
-        # `updated` is when the progress last changed: a sharper time than ours.
-        updated = report.updated
-        plausible = updated is not None and created is not None and created <= updated <= now
-        at = updated if plausible and updated is not None else now
-        # The first reading of the run is the anchor: the longer the span, the
-        # sharper the rate. Progress going back (a retry upstream) starts anew.
-        if task.progress is None or report.progress < task.progress:
-            progress, progress_at = report.progress, at
-        elif policy.planner is not None:
-            eta = progress_eta(task.progress, task.progress_at, report.progress, at, now)
+        progress, progress_at, eta = _progress_reading(
+            task, report.progress, report.updated, created, now, with_eta=plan is not None
+        )
     next_poll_at = base.next_poll_at
-    if policy.planner is not None and finish is None:
+    if plan is not None and finish is None:
         age = now - (created if created is not None else task.discovered_at)
-        next_poll_at = now + policy.planner.delay(model, age, eta)
+        next_poll_at = now + plan.delay(model, age, eta)
     return _replace(
         base,
         status=status,
@@ -148,6 +143,44 @@ def _apply_report(
         progress=progress,
         progress_at=progress_at,
     )
+
+
+def _reported_status(report: StatusReport) -> Status | None:
+    """The status an answer reports (a failure that says it was cancelled is
+    cancelled); None for a status the API does not document."""
+    status = _REPORTED_STATUSES.get(report.status)
+    if status is Status.FAILED and (report.cancelled or _says_cancelled(report.error)):
+        return Status.CANCELLED
+    return status
+
+
+def _processing_start(
+    task: Task, status: Status, created: float | None, now: float
+) -> tuple[float | None, float | None]:
+    """(when the task was first seen processing, its pending time if that is now)."""
+    if status is not Status.PROCESSING or task.processing_seen is not None:
+        return task.processing_seen, None
+    return now, max(0.0, now - created) if created is not None else None
+
+
+def _progress_reading(
+    task: Task,
+    progress: float,
+    updated: float | None,
+    created: float | None,
+    now: float,
+    with_eta: bool,
+) -> tuple[float | None, float | None, Eta | None]:
+    """(progress anchor, its time, finish estimate) after a processing answer's progress."""
+    # `updated` is when the progress last changed: a sharper time than ours.
+    plausible = updated is not None and created is not None and created <= updated <= now
+    at = updated if plausible and updated is not None else now
+    # The first reading of the run is the anchor: the longer the span, the
+    # sharper the rate. Progress going back (a retry upstream) starts anew.
+    if task.progress is None or progress < task.progress:
+        return progress, at, None
+    eta = progress_eta(task.progress, task.progress_at, progress, at, now) if with_eta else None
+    return task.progress, task.progress_at, eta
 
 
 def _after_error(

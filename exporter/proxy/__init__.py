@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 from exporter.config import Config
-from exporter.intake import TaskIntake
-from exporter.metrics.recorder import Recorder
+from exporter.intake import RegistrationRecorder, TaskAdder, TaskIntake, register_tasks
 from exporter.model import DiscoveredTask
 from exporter.proxy.register import SOURCE
 from exporter.proxy.server import ProxyServer
-from exporter.store.base import TaskStore
 
 log = logging.getLogger(__name__)
 
 
+class ProxyRecorder(RegistrationRecorder, Protocol):
+    def discovery_error(self, source: str) -> None: ...
+
+
 def build_proxy(
-    config: Config, store: TaskStore, recorder: Recorder, intake: TaskIntake | None = None
+    config: Config,
+    store: TaskAdder,
+    recorder: ProxyRecorder,
+    intake: TaskIntake | None = None,
 ) -> ProxyServer:
     """The proxy of `config.proxy`, registering into `store` (OSError if it cannot listen).
 
@@ -28,13 +34,10 @@ def build_proxy(
     if intake is not None:
         intake.add_sources([SOURCE])
 
-    def register(tasks: list[DiscoveredTask]) -> None:
+    def register_created(tasks: list[DiscoveredTask]) -> None:
         if intake is not None:
             tasks = intake.admit(SOURCE, tasks).tasks
-        added = store.add(tasks, time.time())
-        if added:
-            recorder.tasks_discovered(SOURCE, len(added))
-            recorder.add_models(task.model for task in added)
+        register_tasks(store, recorder, SOURCE, tasks, time.time())
 
     def register_error(problem: str) -> None:
         log.warning("proxy: %s", problem)
@@ -44,7 +47,7 @@ def build_proxy(
     return ProxyServer(
         config.api.base_url,
         settings.listen_address,
-        register,
+        register_created,
         register_error=register_error,
         create_paths=settings.create_paths,
         timeout_seconds=settings.timeout_seconds,

@@ -13,8 +13,8 @@ replicas needs:
 - The terminal record is a compare-and-set inside the `apply` script: only
   the first replica to store a task's finish gets True back, and only it
   records the metric. The task remembers that replica (`finished_by`).
-- `SharedRequestBudget` is the poll cycle's request budget kept in Redis
-  (GCRA), so the whole group stays within one account's rate.
+- The group's request budget shares the prefix (`budget`, `budget:pause`);
+  it lives in `poller/shared_budget.py`.
 
 Layout under the prefix (default `lemondata:`), kept small because a day of a
 large account is 1.5 million tasks (docs/benchmarks.md has the bytes per task):
@@ -52,7 +52,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -66,7 +66,6 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.poller.ratelimit import RequestBudget
 from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 from exporter.store.sqlite import StoreError
 
@@ -294,36 +293,6 @@ end
 return 1
 """
 )
-
-# GCRA on the server's clock (replicas' clocks may differ): every call takes
-# one request slot and returns, as a string, how long to wait before using it.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait < 0 then wait = 0 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX',
-  math.ceil((new_tat - now) * 1000) + 1000)
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused - now > wait then wait = paused - now end
-return string.format('%.6f', wait)
-"""
-
-_PAUSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local until_ = now + tonumber(ARGV[1])
-local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ > paused then
-  redis.call('SET', KEYS[1], string.format('%.6f', until_), 'PX',
-    math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
-end
-return 1
-"""
 
 # Status changes kept per task: a task that flaps must not grow the store.
 MAX_EVENTS_PER_TASK = 50
@@ -1014,37 +983,3 @@ def migrate(store: RedisTaskStore, page: int = 1000) -> int:
 def _old_task(task_id: str, fields: dict[str, str]) -> Task:
     short = {FIELDS[name]: value for name, value in fields.items() if name in FIELDS}
     return _task(task_id, short)
-
-
-class SharedRequestBudget(RequestBudget):
-    """The request budget of a whole group of replicas, kept in Redis.
-
-    Same interface as `RequestBudget`; `rate` is read on every call, so a
-    change to it applies to the group at once. A 429's pause applies to every
-    replica.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        rate: float,
-        burst: float | None = None,
-        *,
-        prefix: str = "lemondata:",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(rate, burst, clock)
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self._keys = [prefix + "budget", prefix + "budget:pause"]
-        self._reserve = client.register_script(_RESERVE)
-        self._pause = client.register_script(_PAUSE)
-
-    def pause_for(self, seconds: float) -> None:
-        self._pause(keys=self._keys[1:], args=[_text(float(seconds))])
-
-    def reserve(self) -> float:
-        """Take one request slot of the group; how long to wait before using it."""
-        interval = 1.0 / self.rate
-        tolerance = max(0.0, self.burst - 1.0) * interval
-        result: Any = self._reserve(keys=self._keys, args=[_text(interval), _text(tolerance)])
-        return float(result)

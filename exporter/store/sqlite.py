@@ -608,7 +608,7 @@ class SqliteTaskStore:
         return row[0] if row else None
 
     def load_model_stats(self) -> dict[str, str]:
-        """What adaptive polling learnt per model (see poller/schedule.py)."""
+        """What adaptive polling learnt per model (see poller/adaptive.py)."""
         with self._reading() as db:
             rows = db.execute("SELECT model, stats FROM model_stats LIMIT 1000").fetchall()
         return {model: stats for model, stats in rows}

@@ -109,7 +109,7 @@ class UpstreamClient:
             return self._outcome(OutcomeKind.CONNECTION, response, started, _describe(exc))
         finally:
             response.close()
-        return self._classify(response, body, started)
+        return self._outcome_of(response, body, started)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -138,7 +138,7 @@ class UpstreamClient:
             raise requests.ConnectionError(str(exc)) from None
         return b"".join(chunks)
 
-    def _classify(self, response: requests.Response, body: bytes, started: float) -> PollOutcome:
+    def _outcome_of(self, response: requests.Response, body: bytes, started: float) -> PollOutcome:
         code = response.status_code
         if code == 200:
             try:

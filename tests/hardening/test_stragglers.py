@@ -7,11 +7,12 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask, OutcomeKind, PollOutcome, Status, StatusReport
-from exporter.poller.cycle import PollCycle
+from exporter.poller.cycle import CycleSettings, PollCycle
 from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy
 from exporter.store.sqlite import SqliteTaskStore
@@ -43,17 +44,15 @@ def make_cycle(store: SqliteTaskStore, client: HangingClient, wait: float | None
         reasons=reasons.reasons,
         budget_rps=1000,
     )
-    return PollCycle(
+    return build_poller(
         store,
-        client,  # type: ignore[arg-type]
+        client,
         reasons,
         recorder,
         RequestBudget(1000),
         PollPolicy(task_interval=0.01),
-        workers=4,
-        batch_size=10,
-        straggler_wait=wait,
-    )
+        CycleSettings(workers=4, batch_size=10, straggler_wait=wait),
+    ).cycle
 
 
 def test_a_hanging_request_does_not_hold_back_the_others() -> None:

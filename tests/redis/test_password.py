@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from exporter.backends import open_store
 from exporter.config import parse_config
-from exporter.replicas import open_store
 from exporter.store.redis import RedisTaskStore
 from exporter.store.sqlite import StoreError
 from tests.redis.server import RedisServer

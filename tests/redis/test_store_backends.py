@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.poller.shared_budget import SharedRequestBudget
 from exporter.store.base import FinishLabels, TaskStore
-from exporter.store.redis import RedisTaskStore, SharedRequestBudget, redact_url
+from exporter.store.redis import RedisTaskStore, redact_url
 from exporter.store.sqlite import SqliteTaskStore, StoreError
 from tests.redis.server import RedisServer
 

@@ -4,11 +4,13 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask, OutcomeKind, PollOutcome, RateLimitInfo, StatusReport
-from exporter.poller.cycle import MIN_RATE, PollCycle
+from exporter.poller.cycle import CycleSettings
+from exporter.poller.ratecontrol import MIN_RATE
 from exporter.poller.ratelimit import AccountShare, RequestBudget
 from exporter.poller.transitions import PollPolicy
 from exporter.store.sqlite import SqliteTaskStore
@@ -112,18 +114,17 @@ def test_the_cycle_lowers_its_budget_takes_fewer_tasks_and_says_so() -> None:
     )
     budget = NoWaitBudget(1000, clock=clock)
     client = HeaderClient(remaining=60)
-    cycle = PollCycle(
+    cycle = build_poller(
         store,
-        client,  # type: ignore[arg-type]
+        client,
         classifier,
         recorder,
         budget,
         PollPolicy(task_interval=5),
-        workers=1,
-        batch_size=20,
+        CycleSettings(workers=1, batch_size=20),
         clock=clock,
         share=AccountShare(1000, 0.5, clock),
-    )
+    ).cycle
     try:
         assert cycle.run_once().polled == 20
         # 60 left with 30 s to go: at most 30 for us, at 1/s.

@@ -13,12 +13,13 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.metrics.recorder import LastSeenValues, Recorder
 from exporter.model import DiscoveredTask, OutcomeKind, PollOutcome, RateLimitInfo, StatusReport
 from exporter.poller.account import AccountState, account_state_after
-from exporter.poller.cycle import PROBE_TASK_ID, PollCycle
+from exporter.poller.cycle import PROBE_TASK_ID, CycleSettings
 from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy
 from exporter.store.sqlite import SqliteTaskStore
@@ -84,18 +85,16 @@ class Rig:
         )
         self.budget = NoWaitBudget()
         self.client = ScriptedClient(answer)
-        self.cycle = PollCycle(
+        self.cycle = build_poller(
             self.store,
-            self.client,  # type: ignore[arg-type]
+            self.client,
             classifier,
             self.recorder,
             self.budget,
             PollPolicy(task_interval=5, backoff_base=300, backoff_max=1000),
-            workers=1,
-            batch_size=10,
+            CycleSettings(workers=1, batch_size=10, probe_interval=probe_interval),
             clock=self.clock,
-            probe_interval=probe_interval,
-        )
+        ).cycle
 
     def run(self, seconds: float = 0.0) -> None:
         """Advance the clock, run a cycle, and wait for a probe it sent to be applied."""

@@ -31,7 +31,9 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -340,6 +342,14 @@ class DurationLearner:
                 self._refresh()
             return self._views.get(self.key(model))
 
+    def views(self) -> Mapping[str, DurationView]:
+        """Every model's view as of now: a snapshot, never changed afterwards
+        (a refresh builds a new mapping)."""
+        with self._lock:
+            if self._stale:
+                self._refresh()
+            return MappingProxyType(self._views)
+
     def models(self) -> list[str]:
         with self._lock:
             return list(self._counts)
@@ -382,15 +392,29 @@ class DurationLearner:
         return loaded
 
 
+@dataclass(frozen=True, slots=True)
+class PlanSnapshot:
+    """The `Planner` `transitions.decide` gets: what the schedule knew at one
+    moment, as values (pure)."""
+
+    views: Mapping[str, DurationView]
+    params: ScheduleParams
+
+    def delay(self, model: str | None, age: float, eta: Eta | None) -> float:
+        return next_delay(self.views.get(DurationLearner.key(model)), age, eta, self.params)
+
+
 class AdaptiveSchedule:
-    """The `Planner` of adaptive polling, and what the poll cycle asks of it."""
+    """Adaptive polling: the learner and its parameters; snapshots for `decide`,
+    finish chances for the poll cycle's order."""
 
     def __init__(self, learner: DurationLearner, params: ScheduleParams) -> None:
         self.learner = learner
         self.params = params
 
-    def delay(self, model: str | None, age: float, eta: Eta | None) -> float:
-        return next_delay(self.learner.view(model), age, eta, self.params)
+    def plan(self) -> PlanSnapshot:
+        """What the schedule knows now, for one decision."""
+        return PlanSnapshot(self.learner.views(), self.params)
 
     def observe_finish(self, model: str | None, duration: float) -> None:
         self.learner.observe(model, duration)

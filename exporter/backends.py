@@ -14,15 +14,10 @@ from exporter.config import Config, ConfigError, read_redis_password
 from exporter.discovery.base import DiscoverySource
 from exporter.discovery.redis_stream import RedisStreamSource, store_knows
 from exporter.logsetup import add_secret
-from exporter.poller.ratelimit import RequestBudget
+from exporter.poller.ratelimit import Budget, RequestBudget
+from exporter.poller.shared_budget import SharedRequestBudget
 from exporter.store.base import TaskStore
-from exporter.store.redis import (
-    RedisTaskStore,
-    SharedRequestBudget,
-    connect,
-    default_replica_id,
-    url_secrets,
-)
+from exporter.store.redis import RedisTaskStore, connect, default_replica_id, url_secrets
 from exporter.store.sqlite import SqliteTaskStore, StoreError
 
 
@@ -58,7 +53,7 @@ def redis_client(config: Config, url: str) -> redis.Redis:
     return connect(url, password=password.get_secret_value() if password else None)
 
 
-def request_budget(config: Config, store: TaskStore) -> RequestBudget:
+def request_budget(config: Config, store: TaskStore) -> Budget:
     """With Redis, `polling.requests_per_second` is the budget of the whole group."""
     rate = config.polling.requests_per_second
     if isinstance(store, RedisTaskStore):

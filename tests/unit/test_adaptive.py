@@ -6,6 +6,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.metrics.recorder import Recorder
 from exporter.model import (
@@ -17,9 +18,7 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.poller.cycle import PollCycle
-from exporter.poller.ratelimit import RequestBudget
-from exporter.poller.schedule import (
+from exporter.poller.adaptive import (
     LOWER_EDGES,
     UPPER_EDGES,
     AdaptiveSchedule,
@@ -31,6 +30,8 @@ from exporter.poller.schedule import (
     next_delay,
     progress_eta,
 )
+from exporter.poller.cycle import CycleSettings
+from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy, decide
 from exporter.store.sqlite import SqliteTaskStore
 
@@ -210,13 +211,13 @@ class RecordingPlanner:
 
 def test_decide_asks_the_planner_for_healthy_answers_only() -> None:
     planner = RecordingPlanner(17.0)
-    policy = PollPolicy(task_interval=5, max_wait=600, backoff_base=2, planner=planner)
-    update = decide(task(), report("processing", created=NOW - 50), NOW, policy, 0.5)
+    policy = PollPolicy(task_interval=5, max_wait=600, backoff_base=2)
+    update = decide(task(), report("processing", created=NOW - 50), NOW, policy, 0.5, planner)
     assert update.next_poll_at == NOW + 17
     assert planner.calls == [("m", 50.0, None)]
-    failing = decide(task(), PollOutcome(OutcomeKind.SERVER_ERROR, 503), NOW, policy, 0.0)
+    failing = decide(task(), PollOutcome(OutcomeKind.SERVER_ERROR, 503), NOW, policy, 0.0, planner)
     assert failing.next_poll_at == NOW + 1  # backoff, not the planner
-    done = decide(task(), report("completed", created=NOW - 50), NOW, policy, 0.5)
+    done = decide(task(), report("completed", created=NOW - 50), NOW, policy, 0.5, planner)
     assert done.finish is not None and len(planner.calls) == 1
     fixed = decide(task(), report("processing"), NOW, PollPolicy(task_interval=5), 0.5)
     assert fixed.next_poll_at == NOW + 5
@@ -224,22 +225,26 @@ def test_decide_asks_the_planner_for_healthy_answers_only() -> None:
 
 def test_decide_anchors_progress_at_the_first_reading_and_extrapolates() -> None:
     planner = RecordingPlanner(3.0)
-    policy = PollPolicy(task_interval=5, planner=planner)
-    first = decide(task(), report("processing", progress=10, updated=NOW - 1), NOW, policy, 0)
+    policy = PollPolicy(task_interval=5)
+    first = decide(
+        task(), report("processing", progress=10, updated=NOW - 1), NOW, policy, 0, planner
+    )
     assert (first.progress, first.progress_at) == (10, NOW - 1)
     assert planner.calls[-1][2] is None
     anchored = task(progress=first.progress, progress_at=first.progress_at)
     second = decide(
-        anchored, report("processing", progress=50, updated=NOW + 19), NOW + 20, policy, 0
+        anchored, report("processing", progress=50, updated=NOW + 19), NOW + 20, policy, 0, planner
     )
     assert (second.progress, second.progress_at) == (10, NOW - 1)  # the anchor stays
     eta = planner.calls[-1][2]
     assert eta is not None and eta.seconds == pytest.approx(50 * 20 / 40 - 1)
     # Progress going back (a retry upstream) starts a new anchor.
-    back = decide(anchored, report("processing", progress=5), NOW + 30, policy, 0)
+    back = decide(anchored, report("processing", progress=5), NOW + 30, policy, 0, planner)
     assert (back.progress, back.progress_at) == (5, NOW + 30)
     # `updated` in the future is not used as the reading's time.
-    ahead = decide(task(), report("processing", progress=10, updated=NOW + 99), NOW, policy, 0)
+    ahead = decide(
+        task(), report("processing", progress=10, updated=NOW + 99), NOW, policy, 0, planner
+    )
     assert ahead.progress_at == NOW
 
 
@@ -281,9 +286,9 @@ def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
         assert store.apply(task_id, update, now - 3, None)
     classifier = ReasonClassifier([])
     client = ProcessingClient()
-    cycle = PollCycle(
+    cycle = build_poller(
         store,
-        client,  # type: ignore[arg-type]
+        client,
         classifier,
         Recorder(
             CollectorRegistry(),
@@ -294,12 +299,11 @@ def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
             budget_rps=3,
         ),
         NoWaitBudget(3),
-        PollPolicy(task_interval=3, planner=schedule),
-        workers=1,
-        batch_size=3,
+        PollPolicy(task_interval=3),
+        CycleSettings(workers=1, batch_size=3),
         clock=lambda: now,
         schedule=schedule,
-    )
+    ).cycle
     try:
         result = cycle.run_once()
     finally:
@@ -307,3 +311,15 @@ def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
     # The young ones are the most overdue, but the least likely to have finished.
     assert sorted(client.polled) == ["new", "old1", "old2"]
     assert result.lag == pytest.approx(10.0)  # the deferred, most overdue task says so
+
+
+def test_a_plan_is_a_snapshot_later_finishes_do_not_change() -> None:
+    learner = learner_with({"m": uniform(30, 60, 400)})
+    schedule = AdaptiveSchedule(learner, PARAMS)
+    plan = schedule.plan()
+    before = plan.delay("m", 5.0, None)
+    for _ in range(400):  # the model turns fast
+        schedule.observe_finish("m", 2.0)
+    assert plan.delay("m", 5.0, None) == before  # the decision already taken stays
+    assert schedule.plan().delay("m", 5.0, None) != before
+    assert plan.delay("unknown-model", 5.0, None) == PARAMS.dense_interval
