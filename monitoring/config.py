@@ -66,6 +66,11 @@ class BundleConfig(_Knobs):
     # Grafana: the folder the Kubernetes ConfigMaps ask the sidecar for, and a
     # prefix for dashboard uids (two bundles in one Grafana need two prefixes).
     grafana_folder: str = "LemonData"
+    # Where people's browsers reach the exporter: the exemplar data link of the
+    # Grafana data source opens `<exporter_url>/status/tasks/<task_id>`.
+    exporter_url: Annotated[str, Field(pattern=r"^https?://[^\s]+[^/\s]$")] = (
+        "http://localhost:9847"
+    )
     dashboard_uid_prefix: str = "lemondata"
     # Every alert threshold and `for:` by name; the rule generator documents
     # each key and its default. Unknown keys are an error there, not here.

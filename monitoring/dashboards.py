@@ -48,6 +48,9 @@ from monitoring.config import BundleConfig
 TASKS_FILE = "dashboards/lemondata-tasks.json"
 EXPORTER_FILE = "dashboards/lemondata-exporter.json"
 PROVISIONING_FILE = "grafana/provisioning/dashboards/dashboards.yml"
+DATASOURCE_FILE = "grafana/provisioning/datasources/prometheus.yml"
+# The exemplar label the exporter puts the task ID in (exporter/metrics/recorder.py).
+EXEMPLAR_LABEL = "task_id"
 
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 GRAFANA = model.DataSourceRef(type_val="grafana", uid="-- Grafana --")
@@ -186,9 +189,13 @@ def latency_errors_ratio(config: BundleConfig, m: str, window: str) -> str:
 # ---- panels ---------------------------------------------------------------------------
 
 
-def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
-    """A range query, for time series panels."""
-    return (
+def query(
+    expr: str, legend: str = "", ref: str = "A", *, exemplar: bool = False
+) -> prometheus.Dataquery:
+    """A range query, for time series panels; `exemplar` also asks for the task IDs
+    the exporter attaches to the histogram's observations (drawn as points whose
+    data link opens the task's page, see `datasource_provisioning`)."""
+    built = (
         prometheus.Dataquery()
         .expr(expr)
         .legend_format(legend or "__auto")
@@ -196,6 +203,7 @@ def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
         .range()
         .datasource(DATASOURCE)
     )
+    return built.exemplar(True) if exemplar else built
 
 
 def instant(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
@@ -210,8 +218,11 @@ def instant(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery
     )
 
 
-def refs(*queries: tuple[str, str]) -> list[prometheus.Dataquery]:
-    return [query(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
+def refs(*queries: tuple[str, str], exemplar: bool = False) -> list[prometheus.Dataquery]:
+    return [
+        query(expr, legend, chr(ord("A") + i), exemplar=exemplar)
+        for i, (expr, legend) in enumerate(queries)
+    ]
 
 
 def steps(*pairs: tuple[str, float | None]) -> dash.ThresholdsConfig:
@@ -930,7 +941,8 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
                         f"p{round(q * 100)} {{{{model}}}}",
                     )
                     for q in (0.5, 0.9, 0.99)
-                )
+                ),
+                exemplar=True,
             ),
             alert_at=(("orange", image_slow), ("red", video_slow)),
         ),
@@ -947,6 +959,7 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
                 "sum by (le) (increase(lemondata_task_duration_seconds_bucket"
                 f'{{{m}, status="completed"}}[$__rate_interval]))',
                 "{{le}}",
+                exemplar=True,
             ),
         ),
         w=12,
@@ -971,7 +984,8 @@ def tasks_dashboard(config: BundleConfig) -> model.Dashboard:
                         f"p{round(q * 100)} {{{{model}}}}",
                     )
                     for q in (0.5, 0.9)
-                )
+                ),
+                exemplar=True,
             ),
         ),
         w=12,
@@ -1407,10 +1421,41 @@ providers:
 """
 
 
+def datasource_provisioning(config: BundleConfig) -> str:
+    """Grafana's Prometheus data source for the docker-compose stack, with the
+    exemplar data link: an exemplar's `task_id` opens the exporter's page of that
+    task (`/status/tasks/{id}`, open without the API token like /status)."""
+    url = json.dumps(f"{config.exporter_url}/status/tasks/${{__value.raw}}")
+    return f"""\
+# Rendered by `python -m monitoring` (monitoring/dashboards.py); do not edit.
+# Grafana data source for the docker-compose stack: the Prometheus service.
+# The dashboards choose their data source through the `datasource` variable,
+# which defaults to this one. An exemplar's task_id links to the exporter's
+# page of that task, at the bundle's `exporter_url` knob.
+apiVersion: 1
+
+datasources:
+  - name: Prometheus
+    uid: prometheus
+    type: prometheus
+    access: proxy
+    url: http://prometheus:9090
+    isDefault: true
+    editable: false
+    jsonData:
+      timeInterval: 15s
+      exemplarTraceIdDestinations:
+        - name: {EXEMPLAR_LABEL}
+          url: {url}
+          urlDisplayLabel: Task page
+"""
+
+
 def render(config: BundleConfig) -> dict[str, str]:
-    """Output path -> text: both dashboards and Grafana's provisioning file for them."""
+    """Output path -> text: both dashboards and Grafana's provisioning files for them."""
     return {
         TASKS_FILE: to_json(tasks_dashboard(config)),
         EXPORTER_FILE: to_json(exporter_dashboard(config)),
         PROVISIONING_FILE: provisioning(config),
+        DATASOURCE_FILE: datasource_provisioning(config),
     }

@@ -6,6 +6,10 @@ the latest failures with their error text. Read-only and unauthenticated like
 300 characters, stripped of control characters and HTML-escaped; the page has
 no script and a Content-Security-Policy that would block one anyway. It
 reloads itself every REFRESH_SECONDS.
+
+/status/tasks/{id} shows one task as the store holds it: where a Grafana
+exemplar's data link goes (a task ID on a histogram bucket), behind the same
+auth as /status, so it needs no API token unless `status_page_auth: token`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter import __version__
-from exporter.model import FINISHED_STATUSES, Status, Task
+from exporter.model import FINISHED_STATUSES, Status, Task, valid_task_id
 from exporter.store.base import TaskStore
 from exporter.store.guard import StoreUnavailable
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 PATH = "/status"
+TASK_PATH = PATH + "/tasks/"  # + a task ID: one task's page
 REFRESH_SECONDS = 10
 # A page is rendered at most this often; every request meanwhile gets the same
 # page, so reloading it, by any number of clients, cannot load the store.
@@ -199,6 +204,49 @@ def _failure_row(task: Task, now: float) -> str:
     )
 
 
+def _time(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render_task(task: Task, now: float) -> str:
+    """One task's page: what the store holds about it at `now`."""
+    started = task.created if task.created is not None else task.discovered_at
+    age = task.finished_at - started if task.finished_at is not None else now - started
+    rows = [
+        ("task", task.task_id),
+        ("model", task.model),
+        ("status", task.status.value),
+        ("source", task.source),
+        ("created (upstream)", _time(task.created)),
+        ("discovered", _time(task.discovered_at)),
+        ("processing seen", _time(task.processing_seen)),
+        ("finished", _time(task.finished_at)),
+        ("duration", format_seconds(task.duration_seconds)),
+        ("age" if task.finished_at is None else "until finish (seen)", format_seconds(age)),
+        ("polls", str(task.attempts)),
+        ("failure reason", task.reason),
+        ("error", task.error_message),
+        ("last polling problem", task.last_error),
+    ]
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th>{_cell(value, 'message')}</tr>" for name, value in rows
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>LemonData exporter: task</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Task</h1>
+<p class="muted">As of <time id="generated">{_time(now)}</time>.
+<a href="../../status">All tasks</a></p>
+<table id="task">{body}</table>
+</body></html>
+"""
+
+
 class StatusPage:
     """The WSGI app mounted on /status."""
 
@@ -225,17 +273,33 @@ class StatusPage:
                 self._rendered_at = self._monotonic()
             return self._page
 
+    def task_page(self, task_id: str) -> bytes | None:
+        """One task's page, None when the ID is not one or the store does not hold it.
+        Not cached: one lookup by key, and each link asks for another task."""
+        if not valid_task_id(task_id):
+            return None
+        task = self.store.get(task_id)
+        if task is None:
+            return None
+        return render_task(task, self._clock()).encode("utf-8", errors="replace")
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        if path != PATH:
+        if path != PATH and not path.startswith(TASK_PATH):
             return _plain(start_response, "404 Not Found", "not found")
         if method not in ("GET", "HEAD"):
             return _plain(
                 start_response, "405 Method Not Allowed", "only GET", [("Allow", "GET, HEAD")]
             )
         try:
-            body = self.page()
+            if path != PATH:
+                found = self.task_page(path[len(TASK_PATH) :])
+                if found is None:
+                    return _plain(start_response, "404 Not Found", "no such task in the store")
+                body = found
+            else:
+                body = self.page()
         except StoreUnavailable as exc:  # the guard has logged it
             return _plain(start_response, "503 Service Unavailable", f"the task store fails: {exc}")
         except Exception:

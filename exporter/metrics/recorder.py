@@ -41,6 +41,13 @@ from exporter.model import (
 )
 from exporter.poller.events import Change, CycleEnd, PollListener
 
+# The exemplar label: the task behind an observation, never a series label.
+EXEMPLAR_LABEL = "task_id"
+# OpenMetrics caps an exemplar's label set at 128 UTF-8 characters, names and
+# values together; task IDs may be 128 long. A longer one gets no exemplar: a
+# cut ID would point at another task or none, which is worse than no link.
+MAX_EXEMPLAR_CHARS = 128
+
 # `_created` series double the series count and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -312,11 +319,15 @@ class Recorder:
             held, self._held = self._held, Tally()
         self._count(held)
 
-    def _count(self, counts: Mapping[tuple[str, str, str | None], int]) -> None:
+    def _count(
+        self,
+        counts: Mapping[tuple[str, str, str | None], int],
+        exemplar: dict[str, str] | None = None,
+    ) -> None:
         for (label, status, reason), n in counts.items():
-            self.finished.labels(label, status).inc(n)
+            self.finished.labels(label, status).inc(n, exemplar)
             if reason is not None:
-                self.failures.labels(label, reason, self.class_of(reason)).inc(n)
+                self.failures.labels(label, reason, self.class_of(reason)).inc(n, exemplar)
 
     def class_of(self, reason: str) -> str:
         return self.reason_classes.get(reason) or default_failure_class(reason)
@@ -357,17 +368,20 @@ class Recorder:
         update: TaskUpdate,
         reason: str | None,
         seen_at: float | None = None,
+        task_id: str | None = None,
     ) -> None:
         """Observe what a stored update means; call only once the store accepted it.
 
         A finish is recorded here whole: its count, failure reason, duration,
-        uncertainty and, with `seen_at` (when the API saw it), detection delay."""
+        uncertainty and, with `seen_at` (when the API saw it), detection delay.
+        With `task_id`, the observations carry it as an exemplar."""
         if update.error_kind:
             self.api_errors.labels(update.error_kind).inc()
         label = self.model_label(model)
         self._init_model(label)
+        exemplar = task_exemplar(task_id)
         if update.pending_seconds is not None:
-            self.pending.labels(label).observe(update.pending_seconds)
+            self.pending.labels(label).observe(update.pending_seconds, exemplar)
         finish = update.finish
         if finish is None:
             return
@@ -378,15 +392,21 @@ class Recorder:
             if not self._shown(label):
                 self._held.update(counts)
                 counts = {}
-        self._count(counts)
+        # A held increment is applied later in a batch: it carries no exemplar.
+        self._count(counts, exemplar)
         if finish.duration is not None:
-            self._observe_duration(label, finish, update.created, seen_at)
+            self._observe_duration(label, finish, update.created, seen_at, exemplar)
 
     def _observe_duration(
-        self, label: str, finish: Finish, created: float | None, seen_at: float | None
+        self,
+        label: str,
+        finish: Finish,
+        created: float | None,
+        seen_at: float | None,
+        exemplar: dict[str, str] | None = None,
     ) -> None:
         assert finish.duration is not None
-        self.duration.labels(label, finish.status.value).observe(finish.duration)
+        self.duration.labels(label, finish.status.value).observe(finish.duration, exemplar)
         if not finish.exact and finish.uncertainty is not None:
             self.uncertainty.observe(finish.uncertainty)
         delay = detection_delay(finish, created, seen_at) if seen_at is not None else None
@@ -401,6 +421,13 @@ class Recorder:
         self.cycle_duration.observe(duration)
         self.poll_lag.set(lag)
         self.last_cycle.set(ended_at)
+
+
+def task_exemplar(task_id: str | None) -> dict[str, str] | None:
+    """The exemplar naming `task_id`, or None when there is none or it is too long."""
+    if not task_id or len(EXEMPLAR_LABEL) + len(task_id) > MAX_EXEMPLAR_CHARS:
+        return None
+    return {EXEMPLAR_LABEL: task_id}
 
 
 def detection_delay(finish: Finish, created: float | None, seen_at: float) -> float | None:
@@ -425,7 +452,9 @@ class PollRecording(PollListener):
         self._recorder.api_response(outcome, probe=probe)
 
     def changed(self, change: Change) -> None:
-        self._recorder.task_update(change.model, change.update, change.reason, change.seen_at)
+        self._recorder.task_update(
+            change.model, change.update, change.reason, change.seen_at, change.task.task_id
+        )
 
     def reachable(self, answered: bool) -> None:
         self._recorder.api_reachable(answered)
