@@ -358,6 +358,7 @@ def test_a_cluster_label_outside_the_topology_is_refused() -> None:
     assert "by (region, job, model, status)" in text
 
 
+@pytest.mark.integration
 def test_the_example_bundle_config_renders(tmp_path: Path) -> None:
     example = REPO / "monitoring" / "bundle.example.yaml"
     out = tmp_path / "out"
