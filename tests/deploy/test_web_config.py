@@ -22,6 +22,8 @@ from tests.hardening.certs import CA
 from tests.harness import free_port, wait_for
 from tests.harness.fixtures import KEY
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 OVERLAY = "web-config"
 PLACEHOLDER = "REPLACE-WITH-THE-BCRYPT-HASH-OF-THE-SCRAPE-PASSWORD"
 
@@ -150,7 +152,6 @@ def scrape(port: int, endpoint: Object, ca: Path, server_name: str, auth: str | 
         return int(pool.request("GET", endpoint["path"], headers=headers).status)
 
 
-@pytest.mark.integration
 def test_service_monitor_settings_match_the_web_config(
     exporter: int, secrets_made: dict[str, Any], pod: Pod
 ) -> None:

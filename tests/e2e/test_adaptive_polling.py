@@ -21,6 +21,8 @@ import pytest
 from exporter.simulator import Simulator, SimulatorSettings
 from tests.harness import ExporterProcess, total, wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 KEY = "sk-e2e-adaptive-0123456789"
 SCALE = 10.0  # a 60 s task takes 6 s
 MODELS = ("flux-pro", "dall-e-3", "ideogram-v3")
@@ -104,7 +106,6 @@ def all_seen(sim: Simulator, exporters: list[ExporterProcess], ids: list[str]) -
     return True
 
 
-@pytest.mark.integration
 def test_adaptive_spends_fewer_requests_per_task_and_misses_no_finish(
     simulator: Simulator, tmp_path: Path
 ) -> None:

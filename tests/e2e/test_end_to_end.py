@@ -16,6 +16,8 @@ from exporter.simulator import Simulator
 from tests.harness import ExporterProcess, by_label, total, wait_for
 from tests.harness.fixtures import KEY, create_tasks, exporter_config
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 FINISHED = ("completed", "failed", "cancelled", "expired")
 
 
@@ -40,7 +42,6 @@ def wait_all_finished(
     wait_for(exporter_done, timeout, "the exporter to see every task finish", every=0.5)
 
 
-@pytest.mark.integration
 def test_metrics_equal_the_ground_truth(simulator: Simulator, tmp_path: Path) -> None:
     count = 150
     exporter = ExporterProcess(tmp_path, exporter_config(simulator.url, tmp_path), KEY).start()
@@ -90,7 +91,6 @@ def test_metrics_equal_the_ground_truth(simulator: Simulator, tmp_path: Path) ->
     assert total(samples, "lemondata_api_up") == 1
 
 
-@pytest.mark.integration
 def test_sigkill_and_restart_finish_every_task_once(simulator: Simulator, tmp_path: Path) -> None:
     count = 120
     config = exporter_config(simulator.url, tmp_path)
@@ -123,7 +123,6 @@ def test_sigkill_and_restart_finish_every_task_once(simulator: Simulator, tmp_pa
     assert total(samples, "lemondata_tasks_discovered_total") == discovered_after
 
 
-@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_live_metrics(simulator: Simulator, tmp_path: Path) -> None:
     exporter = ExporterProcess(tmp_path, exporter_config(simulator.url, tmp_path), KEY).start()
@@ -151,7 +150,6 @@ def test_promtool_accepts_live_metrics(simulator: Simulator, tmp_path: Path) -> 
     assert openmetrics.text.rstrip().endswith("# EOF")
 
 
-@pytest.mark.integration
 def test_wrong_key_is_reported_once_and_the_agent_keeps_running(
     simulator: Simulator, tmp_path: Path
 ) -> None:
@@ -181,7 +179,6 @@ def test_wrong_key_is_reported_once_and_the_agent_keeps_running(
         assert wrong_key not in text
 
 
-@pytest.mark.integration
 def test_nothing_tracked_says_why(simulator: Simulator, tmp_path: Path) -> None:
     exporter = ExporterProcess(tmp_path, exporter_config(simulator.url, tmp_path), KEY).start()
     try:
@@ -195,7 +192,6 @@ def test_nothing_tracked_says_why(simulator: Simulator, tmp_path: Path) -> None:
         exporter.terminate()
 
 
-@pytest.mark.integration
 def test_run_without_key_explains(tmp_path: Path) -> None:
     exporter = ExporterProcess(tmp_path, {}, api_key=None)
     exporter.start(wait_ready=False)

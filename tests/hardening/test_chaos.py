@@ -28,6 +28,8 @@ from tests.hardening.support import (
 )
 from tests.harness import ExporterProcess, by_label, total, wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 TASKS = 300
 MAX_WAIT = 40.0  # real seconds: only the longest videos could time out
 # How long a task may go without a usable answer here: an outage, a spell of
@@ -106,7 +108,6 @@ def outage(
     wait_for(lambda: scraper.value("lemondata_api_up") == 1, timeout, "api_up back to 1")
 
 
-@pytest.mark.integration
 def test_chaos(tmp_path: Path) -> None:
     sim = SimulatorProcess(tmp_path, time_scale=60, seed=23, lost_fraction=0.03, faults=MIX)
     exporter: ExporterProcess | None = None

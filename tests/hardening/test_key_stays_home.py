@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from exporter.config import ConfigError, parse_config
 from exporter.model import OutcomeKind
 from exporter.upstream.client import UpstreamClient
-from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, total, wait_for
+from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, serving, total, wait_for
 from tests.harness.upstream import Respond
 
 KEY = "sk-must-stay-home-0123456789abcdef"
@@ -40,16 +40,14 @@ def answer_or_redirect(location: str | None) -> Respond:
 
 @pytest.fixture
 def trap() -> Iterator[FakeUpstream]:
-    server = FakeUpstream(answer_or_redirect(None)).start()
-    yield server
-    server.stop()
+    with serving(answer_or_redirect(None)) as server:
+        yield server
 
 
 @pytest.fixture
 def redirector(trap: FakeUpstream) -> Iterator[FakeUpstream]:
-    server = FakeUpstream(answer_or_redirect(trap.url)).start()
-    yield server
-    server.stop()
+    with serving(answer_or_redirect(trap.url)) as server:
+        yield server
 
 
 def trap_host(trap: FakeUpstream) -> str:

@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.intake import REASONS as REJECTION_REASONS
-from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, total, wait_for
+from tests.harness import ExporterProcess, FakeUpstream, Handler, Request, serving, total, wait_for
+
+pytestmark = pytest.mark.integration  # every test here starts a server
 
 TASKS = 300
 MAX_MODELS = 20
@@ -56,12 +58,10 @@ class Polls:
 
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream(Polls()).start()
-    yield server
-    server.stop()
+    with serving(Polls()) as server:
+        yield server
 
 
-@pytest.mark.integration
 def test_model_and_reason_labels_are_bounded(upstream: FakeUpstream, tmp_path: Path) -> None:
     ids = [f"img_{n:04d}" for n in range(TASKS)]
     (tmp_path / "tasks.jsonl").write_text("\n".join(ids) + "\n")

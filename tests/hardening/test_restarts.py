@@ -14,6 +14,8 @@ import requests
 from tests.hardening.support import KEY, SimulatorProcess, create_tasks, integrity, store_rows
 from tests.harness import ExporterProcess, total, wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 FINISHED = ("completed", "failed", "cancelled", "expired")
 
 
@@ -35,7 +37,6 @@ def config(sim: SimulatorProcess, workdir: Path, **polling: Any) -> dict[str, An
     }
 
 
-@pytest.mark.integration
 def test_sigterm_with_hanging_polls(tmp_path: Path) -> None:
     shutdown_timeout = 2.0
     request_timeout = 20.0  # far longer: in-flight polls must be abandoned, not awaited
@@ -82,7 +83,6 @@ def test_sigterm_with_hanging_polls(tmp_path: Path) -> None:
     assert len(rows) == 12 and all(row["finished_at"] is None for row in rows)
 
 
-@pytest.mark.integration
 def test_sigkill_twenty_times(tmp_path: Path) -> None:
     count = 200
     rng = random.Random(20)

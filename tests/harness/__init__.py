@@ -20,7 +20,7 @@ from tests.harness.processes import (
     require_redis_server,
     stop,
 )
-from tests.harness.upstream import FakeUpstream, Handler, Request
+from tests.harness.upstream import FakeUpstream, Handler, Request, serving
 
 __all__ = [
     "ExporterProcess",
@@ -35,6 +35,7 @@ __all__ = [
     "parse_metrics",
     "process",
     "require_redis_server",
+    "serving",
     "stop",
     "total",
     "wait_for",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -107,3 +108,13 @@ class FakeUpstream(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+@contextmanager
+def serving(respond: Respond, protocol_version: str = "HTTP/1.0") -> Iterator[FakeUpstream]:
+    """A `FakeUpstream` serving for the block."""
+    server = FakeUpstream(respond, protocol_version).start()
+    try:
+        yield server
+    finally:
+        server.stop()

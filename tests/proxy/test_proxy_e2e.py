@@ -12,11 +12,12 @@ from exporter.simulator import Simulator
 from tests.harness import ExporterProcess, by_label, free_port, total, wait_for
 from tests.harness.fixtures import KEY, exporter_config
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 USER_KEY = "sk-application-own-key-9876543210"  # the application's, not the exporter's
 MODELS = ("flux-pro", "dall-e-3", "veo-3")
 
 
-@pytest.mark.integration
 def test_tasks_created_through_the_proxy_are_polled_to_the_end(
     simulator: Simulator,
     tmp_path: Path,

@@ -14,6 +14,8 @@ from tests.harness import wait_for
 
 from .conftest import KEY, FakeClock, StartSim
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 FINAL = ("completed", "failed")
 
 
@@ -23,7 +25,6 @@ def create(api: requests.Session, sim: Simulator, model: str, kind: str = "image
     return reply.json()
 
 
-@pytest.mark.integration
 def test_auth(sim: Simulator) -> None:
     missing = requests.get(f"{sim.url}/v1/tasks/img_x", timeout=5)
     wrong = requests.get(
@@ -37,7 +38,6 @@ def test_auth(sim: Simulator) -> None:
     assert post.status_code == 401
 
 
-@pytest.mark.integration
 def test_create_and_poll_to_completion_at_high_time_scale(
     start_sim: StartSim, api: requests.Session
 ) -> None:
@@ -64,7 +64,6 @@ def test_create_and_poll_to_completion_at_high_time_scale(
         assert isinstance(report["created"], float)  # scaled time: millisecond floats
 
 
-@pytest.mark.integration
 def test_expired_task_answers_404(sim: Simulator, api: requests.Session, clock: FakeClock) -> None:
     task = sim.create_task("flux-pro", outcome="completed")
     clock.advance(600)
@@ -77,7 +76,6 @@ def test_expired_task_answers_404(sim: Simulator, api: requests.Session, clock: 
     assert truth["status"] == "completed" and truth["expired_at"] is not None
 
 
-@pytest.mark.integration
 def test_429_with_rate_limit_headers(
     start_sim: StartSim, api: requests.Session, clock: FakeClock
 ) -> None:
@@ -97,7 +95,6 @@ def test_429_with_rate_limit_headers(
     assert api.get(f"{sim.url}/v1/tasks/img_x", timeout=5).status_code == 404
 
 
-@pytest.mark.integration
 def test_ground_truth_matches_every_status_report(
     start_sim: StartSim, api: requests.Session, clock: FakeClock
 ) -> None:
@@ -129,7 +126,6 @@ def test_ground_truth_matches_every_status_report(
     assert {"pending", "processing", "completed", "failed", "404"} <= seen
 
 
-@pytest.mark.integration
 def test_sim_endpoints_need_no_auth(sim: Simulator, api: requests.Session) -> None:
     sim.create_task("flux-pro")
     api.get(f"{sim.url}/v1/tasks/nope", timeout=5)
@@ -167,7 +163,6 @@ def read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes, byt
     return head, rest[:length], rest[length:]
 
 
-@pytest.mark.integration
 def test_keep_alive_with_exact_content_length(sim: Simulator) -> None:
     task = sim.create_task("flux-pro")
     request = (
@@ -183,7 +178,6 @@ def test_keep_alive_with_exact_content_length(sim: Simulator) -> None:
         assert leftover == b""
 
 
-@pytest.mark.integration
 def test_many_concurrent_clients(start_sim: StartSim) -> None:
     sim = start_sim(time_scale=100.0)
     ids = [sim.create_task("flux-pro")["id"] for _ in range(10)]
@@ -206,7 +200,6 @@ def test_many_concurrent_clients(start_sim: StartSim) -> None:
     assert sim.request_counts()["by_code"] == {"200": 400}
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(30)
 def test_stop_ends_hanging_requests(start_sim: StartSim) -> None:
     sim = start_sim(faults={"timeout": {"seconds": 600}})

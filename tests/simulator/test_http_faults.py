@@ -14,6 +14,8 @@ from exporter.simulator import Simulator
 from .conftest import KEY, FakeClock, StartSim
 from .test_http import read_response
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 KNOWN = {"pending", "processing", "completed", "failed"}
 
 
@@ -36,7 +38,6 @@ def status(api: requests.Session, sim: Simulator, task: dict[str, Any]) -> reque
     return api.get(sim.url + task["poll_url"], timeout=5)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("name", "code"), [("http_500", 500), ("http_502", 502), ("http_503", 503)]
 )
@@ -47,7 +48,6 @@ def test_http_errors(
     assert status(api, sim, task).status_code == code
 
 
-@pytest.mark.integration
 def test_502_is_an_html_page(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"http_502": 1.0})
     reply = status(api, sim, task)
@@ -55,7 +55,6 @@ def test_502_is_an_html_page(sim: Simulator, api: requests.Session, task: dict[s
     assert "502 Bad Gateway" in reply.text
 
 
-@pytest.mark.integration
 def test_burst_hits_every_request_for_a_while(
     sim: Simulator, api: requests.Session, clock: FakeClock, task: dict[str, Any]
 ) -> None:
@@ -67,7 +66,6 @@ def test_burst_hits_every_request_for_a_while(
     assert status(api, sim, task).status_code == 200
 
 
-@pytest.mark.integration
 def test_unauthorized_for_a_while(
     sim: Simulator, api: requests.Session, clock: FakeClock, task: dict[str, Any]
 ) -> None:
@@ -82,7 +80,6 @@ def test_unauthorized_for_a_while(
     assert status(api, sim, task).status_code == 200
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(("probability", "header"), [(1.0, True), (0.0, False)])
 def test_rate_limit_429_with_and_without_retry_after(
     sim: Simulator,
@@ -98,7 +95,6 @@ def test_rate_limit_429_with_and_without_retry_after(
     assert ("Retry-After" in reply.headers) == header
 
 
-@pytest.mark.integration
 def test_slow_answers_late(start_sim: StartSim, api: requests.Session) -> None:
     sim = start_sim(faults={"slow": {"delay_seconds": 0.05}})
     task = sim.create_task("flux-pro")
@@ -108,7 +104,6 @@ def test_slow_answers_late(start_sim: StartSim, api: requests.Session) -> None:
         api.get(sim.url + task["poll_url"], timeout=0.2)
 
 
-@pytest.mark.integration
 def test_timeout_outlasts_the_client(
     sim: Simulator, api: requests.Session, task: dict[str, Any]
 ) -> None:
@@ -117,7 +112,6 @@ def test_timeout_outlasts_the_client(
         api.get(sim.url + task["poll_url"], timeout=0.2)
 
 
-@pytest.mark.integration
 def test_reset_breaks_the_response(
     sim: Simulator, api: requests.Session, task: dict[str, Any]
 ) -> None:
@@ -128,7 +122,6 @@ def test_reset_breaks_the_response(
     assert status(api, sim, task).status_code == 200  # the pool recovers
 
 
-@pytest.mark.integration
 def test_malformed_json(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"malformed_json": 1.0})
     for _ in range(10):
@@ -138,7 +131,6 @@ def test_malformed_json(sim: Simulator, api: requests.Session, task: dict[str, A
             reply.json()
 
 
-@pytest.mark.integration
 def test_html_error(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"html_error": 1.0})
     codes = set()
@@ -150,7 +142,6 @@ def test_html_error(sim: Simulator, api: requests.Session, task: dict[str, Any])
     assert codes == {200, 502}
 
 
-@pytest.mark.integration
 def test_huge_body(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"huge_body": {"size_bytes": 3_000_000}})
     reply = status(api, sim, task)
@@ -159,7 +150,6 @@ def test_huge_body(sim: Simulator, api: requests.Session, task: dict[str, Any]) 
     assert reply.json()["status"] == "completed"
 
 
-@pytest.mark.integration
 def test_drip_sends_a_byte_at_a_time(sim: Simulator, task: dict[str, Any]) -> None:
     sim.set_faults({"drip": {"interval_seconds": 0.002}})
     request = (
@@ -179,13 +169,11 @@ def test_drip_sends_a_byte_at_a_time(sim: Simulator, task: dict[str, Any]) -> No
     assert len(received) > 1  # it did not come in one piece
 
 
-@pytest.mark.integration
 def test_drip_through_requests(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"drip": {"interval_seconds": 0.001}})
     assert status(api, sim, task).json()["status"] == "completed"
 
 
-@pytest.mark.integration
 def test_wrong_content_type(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"wrong_content_type": 1.0})
     reply = status(api, sim, task)
@@ -193,13 +181,11 @@ def test_wrong_content_type(sim: Simulator, api: requests.Session, task: dict[st
     assert json.loads(reply.text)["status"] == "completed"
 
 
-@pytest.mark.integration
 def test_unknown_status(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"unknown_status": 1.0})
     assert status(api, sim, task).json()["status"] not in KNOWN
 
 
-@pytest.mark.integration
 def test_status_backwards_keeps_ground_truth(
     sim: Simulator, api: requests.Session, task: dict[str, Any]
 ) -> None:
@@ -210,7 +196,6 @@ def test_status_backwards_keeps_ground_truth(
     assert sim.ground_truth()[0]["status"] == "completed"
 
 
-@pytest.mark.integration
 def test_bad_timestamps(sim: Simulator, api: requests.Session, task: dict[str, Any]) -> None:
     sim.set_faults({"bad_timestamps": 1.0})
     kinds = set()
@@ -225,7 +210,6 @@ def test_bad_timestamps(sim: Simulator, api: requests.Session, task: dict[str, A
     assert kinds == {"missing", "negative", "future"}
 
 
-@pytest.mark.integration
 def test_hostile_error_text(sim: Simulator, api: requests.Session, failed: dict[str, Any]) -> None:
     sim.set_faults({"hostile_error_text": {"huge_probability": 0.0}})
     errors = {status(api, sim, failed).json()["error"] for _ in range(30)}
@@ -237,14 +221,12 @@ def test_hostile_error_text(sim: Simulator, api: requests.Session, failed: dict[
     assert truth["reason"] == "upstream_error" and len(truth["error"]) < 200
 
 
-@pytest.mark.integration
 def test_faults_only_hit_status_requests(sim: Simulator, api: requests.Session) -> None:
     sim.set_faults({"http_500": 1.0})
     created = api.post(f"{sim.url}/v1/images/generations", json={"model": "m"}, timeout=5)
     assert created.status_code == 200
 
 
-@pytest.mark.integration
 def test_keep_alive_survives_error_faults(sim: Simulator, task: dict[str, Any]) -> None:
     sim.set_faults({"http_502": 1.0})
     request = (

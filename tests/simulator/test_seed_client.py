@@ -7,6 +7,8 @@ import pytest
 from . import seed_client
 from .conftest import KEY, StartSim
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 
 @pytest.fixture
 def fast(start_sim: StartSim, monkeypatch: pytest.MonkeyPatch) -> StartSim:
@@ -18,7 +20,6 @@ def fast(start_sim: StartSim, monkeypatch: pytest.MonkeyPatch) -> StartSim:
     return start
 
 
-@pytest.mark.integration
 def test_completed_task_returns_its_url(fast: StartSim) -> None:
     sim = fast()
     task = sim.create_task("flux-pro", prompt="a cat", outcome="completed")
@@ -26,7 +27,6 @@ def test_completed_task_returns_its_url(fast: StartSim) -> None:
     assert url.startswith("https://") and task["task_id"] in url
 
 
-@pytest.mark.integration
 def test_failed_task_raises_its_error(fast: StartSim) -> None:
     sim = fast()
     task = sim.create_task("flux-pro", reason="content_policy")
@@ -35,7 +35,6 @@ def test_failed_task_raises_its_error(fast: StartSim) -> None:
     assert str(raised.value) == sim.ground_truth()[0]["error"]
 
 
-@pytest.mark.integration
 def test_cancelled_task_raises_too(fast: StartSim) -> None:
     sim = fast()
     task = sim.create_task("flux-pro", outcome="cancelled")
@@ -43,7 +42,6 @@ def test_cancelled_task_raises_too(fast: StartSim) -> None:
         seed_client.poll_image_task(task["task_id"], KEY, max_wait=60, interval=0.01)
 
 
-@pytest.mark.integration
 def test_slow_task_times_out(fast: StartSim) -> None:
     sim = fast(time_scale=1.0)
     task = sim.create_task("flux-pro", outcome="completed")
