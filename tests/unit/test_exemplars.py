@@ -161,3 +161,7 @@ def test_the_task_page_an_exemplar_links_to(tmp_path: Path) -> None:
     assert call(page, "GET", "/status/tasks/../metrics").status == 404
     assert call(page, "GET", "/status/tasks/").status == 404
     assert call(page, "POST", "/status/tasks/task_slow", body=b"").status == 405
+    # /status links each task it lists to that page.
+    store.add([DiscoveredTask("in:flight.1", "api")], T - 10)
+    listing = call(page, "GET", "/status").body.decode()
+    assert '<a href="status/tasks/in%3Aflight.1">' in listing
