@@ -104,12 +104,12 @@ def config(bundle: BundleConfig) -> dict[str, Any]:
             {
                 "source_matchers": [_any(ACCOUNT_ALERTS)],
                 "target_matchers": [_any(ACCOUNT_CAUSED)],
-                "equal": topology,
+                "equal": list(topology),
             },
             {
                 "source_matchers": ['alertname = "LemonDataAPIDown"'],
                 "target_matchers": [_any(API_DOWN_CAUSED)],
-                "equal": topology,
+                "equal": list(topology),
             },
             {
                 "source_matchers": [

@@ -217,6 +217,12 @@ class Rules:
         unknown |= {f"for_durations.{k}" for k in set(config.for_durations) - set(FOR_DURATIONS)}
         if unknown:
             raise RuleConfigError(f"unknown knobs: {', '.join(sorted(unknown))}")
+        if config.multi_cluster and config.cluster_label not in config.topology_labels:
+            # Aggregations keep only the topology labels: the clusters would merge.
+            raise RuleConfigError(
+                f"cluster_label {config.cluster_label!r} must be one of topology_labels "
+                f"{list(config.topology_labels)} when multi_cluster is on"
+            )
         self.config = config
         self.shorten = shorten
         self.topology = tuple(config.topology_labels)

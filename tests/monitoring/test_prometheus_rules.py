@@ -338,3 +338,30 @@ def test_generated_test_inputs_match_the_selector() -> None:
     labels = rule_tests.example_labels(CUSTOM)
     assert labels["job"] == "ld-prod" and labels["team"] == "ml"
     assert rule_tests.example_labels(BundleConfig())["job"] == "lemondata-exporter"
+
+
+def test_a_cluster_label_outside_the_topology_is_refused() -> None:
+    config = BundleConfig(cluster_label="region", multi_cluster=True)
+    with pytest.raises(rules.RuleConfigError, match="region"):
+        rules.render(config)
+    custom = BundleConfig(
+        cluster_label="region", multi_cluster=True, topology_labels=("region", "job")
+    )
+    text = rules.render(custom)[rules.RECORDING_FILE]
+    assert "by (region, job, model, status)" in text
+
+
+def test_the_example_bundle_config_renders(tmp_path: Path) -> None:
+    example = REPO / "monitoring" / "bundle.example.yaml"
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "monitoring", "--config", str(example), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (out / rules.ALERTS_FILE).read_text("utf-8")
+    assert 'lemondata_api_up{job="lemondata-exporter", namespace="ml"}' in text
+    assert "> 600" in text
