@@ -280,6 +280,7 @@ class Agent:
         log.warning("%s%s", hint, f" Config: {self.config_source}" if self.config_source else "")
 
     def start(self) -> None:
+        self.store_guard.check_in_background()  # a big store file: see store/guard.py
         self._scheduler.start()
 
     def stop(self) -> None:

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exporter.model import DiscoveredTask, Status, Task, TaskUpdate
 from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, TaskStore
-from exporter.store.sqlite import FileReplaced, StoreError
+from exporter.store.sqlite import FileReplaced, StoreDamaged, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,27 @@ class StoreGuard:
         """Whether polling and discovery may go on (see `problem`)."""
         return self.problem() is None
 
+    def check_in_background(self) -> threading.Thread | None:
+        """Run the store's deferred integrity check (a big SQLite file: see
+        QUICK_CHECK_AT_START_BYTES) in a thread; damage makes the store fail for
+        good, like a deleted file: health 503, writes refused, one log line."""
+        check = getattr(self.inner, "quick_check", None)
+        if check is None or not getattr(self.inner, "check_pending", False):
+            return None
+
+        def run() -> None:
+            started = self._clock()
+            try:
+                check()
+            except STORE_ERRORS as exc:
+                self._failed("check", exc)
+                return
+            log.info("task store: quick_check ok (%.1f s)", self._clock() - started)
+
+        thread = threading.Thread(target=run, name="store-check", daemon=True)
+        thread.start()
+        return thread
+
     def _probe_if_due(self) -> None:
         with self._lock:
             if self._reason is None or self._fatal:
@@ -143,7 +164,7 @@ class StoreGuard:
     def _failed(self, op: str, exc: BaseException) -> None:
         self._errors.labels(op).inc()
         self._up.set(0)
-        fatal = isinstance(exc, FileReplaced)
+        fatal = isinstance(exc, (FileReplaced, StoreDamaged))
         reason = _reason(self.inner, op, exc)
         with self._lock:
             now = self._clock()
@@ -295,7 +316,7 @@ def _reason(store: TaskStore, op: str, exc: BaseException) -> str:
     """What is wrong, for the log, health and the API's 503; never a secret (the
     Redis URL is shown redacted, and errors never carry the password)."""
     where = getattr(store, "path", None) or getattr(store, "url", None) or "the task store"
-    if isinstance(exc, FileReplaced):
+    if isinstance(exc, (FileReplaced, StoreDamaged)):
         return str(exc)
     text = str(exc) or type(exc).__name__
     lowered = text.lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.model import DiscoveredTask
+from exporter.store import sqlite as sqlite_store
 from exporter.store.guard import OPS, StoreGuard, StoreUnavailable
 from exporter.store.sqlite import SqliteTaskStore
 
@@ -101,3 +103,39 @@ def test_replaced_file_is_noticed(tmp_path: Path) -> None:
     (tmp_path / "other.db").replace(path)
     with pytest.raises(Exception, match="replaced"):
         store.check()
+
+
+def test_a_big_store_is_checked_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteTaskStore(path)
+    store.add([DiscoveredTask(f"task-{n:06d}", "api", "flux-pro") for n in range(5000)], 1.0)
+    store.close()
+    with path.open("r+b") as handle:  # one page in the middle, overwritten
+        handle.seek((path.stat().st_size // 4096 // 2) * 4096)
+        handle.write(os.urandom(4096))
+    monkeypatch.setattr(sqlite_store, "QUICK_CHECK_AT_START_BYTES", 0)
+    damaged = SqliteTaskStore(path)  # opens: the check is deferred
+    assert damaged.check_pending
+    guard = StoreGuard(damaged, CollectorRegistry())
+    assert guard.problem() is None
+    thread = guard.check_in_background()
+    assert thread is not None
+    thread.join(60)
+    assert "damaged" in (guard.problem() or "") and str(path) in (guard.problem() or "")
+    with pytest.raises(StoreUnavailable, match="damaged"):
+        guard.add([DiscoveredTask("new", "api")], 2.0)
+
+
+def test_a_sound_big_store_passes_the_background_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "QUICK_CHECK_AT_START_BYTES", 0)
+    path = tmp_path / "s.db"
+    SqliteTaskStore(path).close()
+    guard = StoreGuard(SqliteTaskStore(path), CollectorRegistry())
+    thread = guard.check_in_background()
+    assert thread is not None
+    thread.join(60)
+    assert guard.problem() is None and guard.add([DiscoveredTask("a", "api")], 1.0)

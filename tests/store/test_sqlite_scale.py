@@ -258,3 +258,27 @@ def test_status_page_renders_at_most_once_per_interval(tmp_path: Path) -> None:
     now[0] += 2.0
     call(page, "GET", "/status")
     assert renders == 2
+
+
+def test_close_stops_a_prune_after_its_batch(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "store.db")
+    seed(store, 1500, random.Random(8))
+    finished = sum(task.finished_at is not None for task in everything(store))
+    original = store._transaction
+    batches = 0
+
+    @contextmanager
+    def closing_after_first() -> Iterator[sqlite3.Connection]:
+        nonlocal batches
+        with original() as db:
+            yield db
+        batches += 1
+        if batches == 1:
+            store._closing = True  # what close() does first
+
+    store._transaction = closing_after_first  # type: ignore[method-assign]
+    removed = store.prune(10_000.0, batch=100)
+    assert removed == 100 and batches == 1
+    store._closing = False
+    store._transaction = original  # type: ignore[method-assign]
+    assert store.prune(10_000.0, batch=100) == finished - 100  # the rest, next time
