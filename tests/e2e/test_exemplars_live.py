@@ -23,8 +23,8 @@ import requests
 import yaml
 
 from exporter.simulator import Simulator, SimulatorSettings
-from tests.e2e.conftest import KEY, exporter_config
-from tests.e2e.harness import ExporterProcess, free_port, total, wait_for
+from tests.harness import ExporterProcess, free_port, total, wait_for
+from tests.harness.fixtures import KEY, exporter_config
 from tests.monitoring.support import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

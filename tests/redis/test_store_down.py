@@ -11,9 +11,8 @@ import requests
 
 from exporter.api.auth import TOKEN_ENV
 from tests.api.support import AUTH, TOKEN
-from tests.e2e.harness import ExporterProcess, total, wait_for
 from tests.hardening.support import KEY
-from tests.redis.server import RedisServer, require_redis_server
+from tests.harness import ExporterProcess, RedisServer, require_redis_server, total, wait_for
 
 pytestmark = pytest.mark.integration
 
