@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from exporter import __version__
 from exporter.model import FINISHED_STATUSES, Status, Task, valid_task_id
@@ -78,6 +79,12 @@ def _cell(text: str | None, css: str = "") -> str:
     if text is None or text == "":
         return f'<td{klass}><span class="muted">-</span></td>'
     return f"<td{klass}><bdi>{html.escape(clean_text(text))}</bdi></td>"
+
+
+def _task_cell(task_id: str) -> str:
+    """The task's ID, linking to its own page (relative to /status)."""
+    href = html.escape("status/tasks/" + quote(task_id, safe=""))
+    return f'<td><a href="{href}"><bdi>{html.escape(clean_text(task_id))}</bdi></a></td>'
 
 
 def _number_cell(value: str) -> str:
@@ -180,7 +187,7 @@ def _flight_row(task: Task, now: float) -> str:
     started = task.created if task.created is not None else task.discovered_at
     return (
         "<tr>"
-        + _cell(task.task_id)
+        + _task_cell(task.task_id)
         + _cell(task.model)
         + _cell(task.status.value)
         + _number_cell(format_seconds(now - started))
@@ -195,7 +202,7 @@ def _failure_row(task: Task, now: float) -> str:
     return (
         "<tr>"
         + _number_cell(ago)
-        + _cell(task.task_id)
+        + _task_cell(task.task_id)
         + _cell(task.model)
         + _cell(task.status.value)
         + _cell(task.reason)

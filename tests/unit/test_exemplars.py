@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
+from exporter.api.mounts import WebApis
 from exporter.api.status_page import StatusPage
+from exporter.config import parse_config
 from exporter.metrics.recorder import EXEMPLAR_LABEL, MAX_EXEMPLAR_CHARS, Recorder, task_exemplar
 from exporter.metrics.static_labels import serving_registry
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
@@ -18,6 +22,7 @@ from tests.api.support import call
 
 T = 1_700_000_000.0
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+TOKEN = "exemplar-test-token-0123456789abcdef"
 
 
 class Health:
@@ -161,3 +166,25 @@ def test_the_task_page_an_exemplar_links_to(tmp_path: Path) -> None:
     assert call(page, "GET", "/status/tasks/../metrics").status == 404
     assert call(page, "GET", "/status/tasks/").status == 404
     assert call(page, "POST", "/status/tasks/task_slow", body=b"").status == 405
+    # /status links each task it lists to that page.
+    store.add([DiscoveredTask("in:flight.1", "api")], T - 10)
+    listing = call(page, "GET", "/status").body.decode()
+    assert '<a href="status/tasks/in%3Aflight.1">' in listing
+
+
+@pytest.mark.parametrize("auth", ["none", "token"])
+def test_the_task_page_sits_behind_the_status_pages_auth(tmp_path: Path, auth: str) -> None:
+    store = SqliteTaskStore(tmp_path / "s.db")
+    store.add([DiscoveredTask("task_slow", "api")], T)
+    config = parse_config({"api_server": {"status_page_auth": auth}}, "c.yml")
+    registry = CollectorRegistry()
+    apis = WebApis(config, SecretStr(TOKEN))
+    app = build_app(registry, Health(), apis.mounts(store, recorder(registry)))
+    bare = call(app, "GET", "/status/tasks/task_slow")
+    assert bare.status == (200 if auth == "none" else 401)
+    with_token = call(
+        app, "GET", "/status/tasks/task_slow", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert with_token.status == 200
+    # The task API always wants the token.
+    assert call(app, "GET", "/api/v1/tasks/task_slow").status == 401
