@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from exporter.api.mounts import WebApis
 from exporter.api.validation import SOURCE as API_SOURCE
-from exporter.backends import open_store, request_budget, stream_sources
+from exporter.backends import open_backend, stream_sources
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -41,7 +41,7 @@ from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
-from exporter.store.base import ModelStatsStore, TaskStore
+from exporter.store.base import ModelStatsStore, PollStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
 from exporter.web.security import WebSecurity
@@ -80,10 +80,10 @@ class Agent:
         self.registry = CollectorRegistry()
         for standard in (ProcessCollector, PlatformCollector, GCCollector):
             standard(registry=self.registry)
-        backend = open_store(config)  # SQLite, or Redis shared by replicas
+        backend = open_backend(config)  # SQLite, or Redis shared by replicas
         # Every use of the store goes through the guard: failures are counted,
         # logged once a minute, and pause polling (see store/guard.py).
-        self.store_guard = StoreGuard(backend, self.registry)
+        self.store_guard = StoreGuard(backend.store, self.registry, model_stats=backend.model_stats)
         self.store: TaskStore = self.store_guard
         self.classifier = ReasonClassifier(config.failure_reasons)
         self.recorder = Recorder(
@@ -99,7 +99,14 @@ class Agent:
         self.recorder.restore_models(
             [*(labels.model for labels in self.store.finish_totals()), *self.store.models()]
         )
-        self.registry.register(TaskStoreCollector(self.store, recorder=self.recorder))
+        guard = self.store_guard
+        self.registry.register(
+            TaskStoreCollector(
+                self.store,
+                recorder=self.recorder,
+                reports=lambda: guard.read(backend.reports_store_gauges),
+            )
+        )
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))
         self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
         self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
@@ -123,7 +130,7 @@ class Agent:
             self.client,
             self.classifier,
             self.recorder,
-            request_budget(config, backend),  # shared by the group with Redis
+            backend.budget,  # shared by the group with Redis
             PollPolicy(
                 task_interval=polling.task_interval_seconds,
                 max_wait=polling.max_wait_seconds,
@@ -144,6 +151,7 @@ class Agent:
                 probe_interval=polling.probe_interval_seconds,
             ),
             schedule=build_schedule(polling),  # None: fixed-interval polling
+            stats=self.store_guard,  # what it learnt survives restarts
             share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
         )
         self.cycle = self.poller.cycle
@@ -323,7 +331,7 @@ class Poller:
 
 
 def build_poller(
-    store: TaskStore,
+    store: PollStore,
     client: StatusFetcher,
     classifier: ReasonClassifier,
     recorder: Recorder,
@@ -333,6 +341,7 @@ def build_poller(
     *,
     schedule: AdaptiveSchedule | None = None,
     share: AccountShare | None = None,
+    stats: ModelStatsStore | None = None,
     clock: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
 ) -> Poller:
@@ -348,8 +357,7 @@ def build_poller(
     ]
     learning = None
     if schedule is not None:
-        keeper = store if isinstance(store, ModelStatsStore) else None
-        learning = DurationLearning(schedule, keeper)
+        learning = DurationLearning(schedule, stats)
         listeners.append(learning)
     handler = OutcomeHandler(
         store,

@@ -4,9 +4,15 @@ and the Redis Stream discovery source (see docs/deployment.md).
 With `store.backend: sqlite` (the default) the agent is alone: a SQLite file
 and an in-process budget. With `redis`, every replica shares one store, one
 request budget and one consumer group.
+
+`open_backend` states what the chosen backend offers in a `Backend`, so that
+no caller has to find out by looking at the store's type.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
@@ -16,28 +22,64 @@ from exporter.discovery.redis_stream import RedisStreamSource, store_knows
 from exporter.logsetup import add_secret
 from exporter.poller.ratelimit import Budget, RequestBudget
 from exporter.poller.shared_budget import SharedRequestBudget
-from exporter.store.base import TaskStore
+from exporter.store.base import ModelStatsStore, TaskStore
 from exporter.store.redis import RedisTaskStore, connect, default_replica_id, url_secrets
 from exporter.store.sqlite import SqliteTaskStore, StoreError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The opened store and what comes with it."""
+
+    store: TaskStore
+    budget: Budget  # with Redis, `polling.requests_per_second` is the group's
+    # Whether this replica exports the store-wide gauges now (a lease with Redis).
+    reports_store_gauges: Callable[[], bool]
+    known: Callable[[list[str]], set[str]]  # which of these task IDs the store has
+    model_stats: ModelStatsStore | None = None  # where adaptive polling keeps what it learnt
+    redis_url: str | None = None  # the shared store's Redis, and its client
+    redis_client: redis.Redis | None = None
 
 
 def replica_id(config: Config) -> str:
     return config.store.replica_id or default_replica_id()
 
 
-def open_store(config: Config) -> TaskStore:
-    """The configured store; StoreError if it cannot be opened or reached."""
+def open_backend(config: Config) -> Backend:
+    """The configured backend; StoreError if its store cannot be opened or reached."""
+    rate = config.polling.requests_per_second
     store = config.store
     if store.backend == "redis":
         assert store.redis_url is not None  # checked with the config
-        return RedisTaskStore(
+        shared = RedisTaskStore(
             store.redis_url,
             prefix=store.redis_prefix,
             replica_id=replica_id(config),
             lease_seconds=store.lease_seconds,
             client=redis_client(config, store.redis_url),
         )
-    return SqliteTaskStore(store.path)
+        return Backend(
+            store=shared,
+            budget=SharedRequestBudget(shared.client, rate, prefix=shared.prefix),
+            reports_store_gauges=shared.reports_store_gauges,
+            known=shared.known,
+            model_stats=shared,
+            redis_url=store.redis_url,
+            redis_client=shared.client,
+        )
+    local = SqliteTaskStore(store.path)
+    return Backend(
+        store=local,
+        budget=RequestBudget(rate),
+        reports_store_gauges=lambda: True,  # a SQLite file belongs to one agent
+        known=store_knows(local.get),
+        model_stats=local,
+    )
+
+
+def open_store(config: Config) -> TaskStore:
+    """The configured store; StoreError if it cannot be opened or reached."""
+    return open_backend(config).store
 
 
 def redis_client(config: Config, url: str) -> redis.Redis:
@@ -53,32 +95,23 @@ def redis_client(config: Config, url: str) -> redis.Redis:
     return connect(url, password=password.get_secret_value() if password else None)
 
 
-def request_budget(config: Config, store: TaskStore) -> Budget:
-    """With Redis, `polling.requests_per_second` is the budget of the whole group."""
-    rate = config.polling.requests_per_second
-    if isinstance(store, RedisTaskStore):
-        return SharedRequestBudget(store.client, rate, prefix=store.prefix)
-    return RequestBudget(rate)
-
-
-def stream_sources(config: Config, store: TaskStore) -> list[DiscoverySource]:
+def stream_sources(config: Config, backend: Backend) -> list[DiscoverySource]:
     stream = config.discovery.redis_stream
     if stream is None:
         return []
     url = stream.redis_url or config.store.redis_url
     assert url is not None  # checked with the config
-    if isinstance(store, RedisTaskStore) and url == config.store.redis_url:
-        client = store.client
+    if backend.redis_client is not None and url == backend.redis_url:
+        client = backend.redis_client
     else:
         client = redis_client(config, url)
-    known = store.known if isinstance(store, RedisTaskStore) else store_knows(store.get)
     return [
         RedisStreamSource(
             client,
             stream.stream,
             stream.group,
             replica_id(config),
-            known,
+            backend.known,
             name=stream.name,
             claim_idle_seconds=stream.claim_idle_seconds,
             batch_size=stream.batch_size,

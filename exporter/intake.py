@@ -23,7 +23,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask
-from exporter.store.base import TaskStore
+from exporter.store.base import IntakeStore
 
 log = logging.getLogger(__name__)
 LIMIT_SETTING = "store.max_tracked_tasks"
@@ -76,7 +76,7 @@ class Admission:
 
 
 class TaskIntake:
-    def __init__(self, store: TaskStore, registry: CollectorRegistry, limit: int) -> None:
+    def __init__(self, store: IntakeStore, registry: CollectorRegistry, limit: int) -> None:
         self._store = store
         self.limit = limit
         Gauge(

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -34,7 +34,7 @@ from exporter.api.validation import (
     task_id_from_path,
 )
 from exporter.intake import LIMIT_SETTING, RegistrationRecorder, TaskIntake, register_tasks
-from exporter.store.base import TaskStore
+from exporter.store.base import IntakeStore, TaskReader
 from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,16 @@ DISABLED_MESSAGE = (
 )
 
 
+class ApiStore(TaskReader, IntakeStore, Protocol):
+    """What the task API uses: the readers' calls, and registering tasks."""
+
+
 class TaskApi:
     """The WSGI app mounted on /api/ by `exporter.api.mounts`."""
 
     def __init__(
         self,
-        store: TaskStore,
+        store: ApiStore,
         recorder: RegistrationRecorder,
         token: SecretStr | None,
         *,

@@ -8,14 +8,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from exporter.api.app import TaskApi
+from exporter.api.app import ApiStore, TaskApi
 from exporter.api.auth import TOKEN_ENV, BearerCheck, read_token, require_token
 from exporter.api.status_page import PATH as STATUS_PATH
 from exporter.api.status_page import StatusPage
 from exporter.config import Config
 from exporter.intake import RegistrationRecorder, TaskIntake
 from exporter.logsetup import add_secret
-from exporter.store.base import TaskStore
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/"  # the task API checks its own bearer token
@@ -40,7 +39,7 @@ class WebApis:
 
     def mounts(
         self,
-        store: TaskStore,
+        store: ApiStore,
         recorder: RegistrationRecorder,
         intake: TaskIntake | None = None,
     ) -> dict[str, WSGIApp]:

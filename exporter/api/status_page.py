@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from exporter import __version__
 from exporter.model import FINISHED_STATUSES, Status, Task, valid_task_id
-from exporter.store.base import TaskStore
+from exporter.store.base import TaskReader
 from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _table(headers: Iterable[str], rows: list[str], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def render(store: TaskStore, now: float) -> str:
+def render(store: TaskReader, now: float) -> str:
     """The page, from what the store holds at `now`."""
     counts = store.count_by_status()
     count_rows = [
@@ -259,7 +259,7 @@ class StatusPage:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: TaskReader,
         clock: Callable[[], float] = time.time,
         cache_seconds: float = CACHE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,

@@ -10,18 +10,23 @@ from prometheus_client.registry import Collector
 
 from exporter.metrics.recorder import Recorder
 from exporter.model import ACTIVE_STATUSES, Status
-from exporter.store.base import TaskStore
+from exporter.store.base import MetricsReader
 from exporter.store.guard import STORE_ERRORS
 
 
 class TaskStoreCollector(Collector):
     def __init__(
         self,
-        store: TaskStore,
+        store: MetricsReader,
         clock: Callable[[], float] = time.time,
         recorder: Recorder | None = None,
+        reports: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        # Whether this replica exports the store-wide gauges: a store shared by
+        # several replicas names one of them, so that summing over replicas, as
+        # dashboards do, does not multiply the counts (see backends.py).
+        self._reports = reports
         self._clock = clock
         # Maps models to labels, and knows which models get a 0 when idle.
         self._recorder = recorder
@@ -31,7 +36,7 @@ class TaskStoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            if not self._store.reports_store_gauges():
+            if not self._reports():
                 return  # another replica sharing this store reports them
             counts = self._store.count_by_status()
             oldest = self._store.oldest_active()

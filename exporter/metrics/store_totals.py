@@ -17,14 +17,14 @@ from prometheus_client.registry import Collector
 
 from exporter.metrics.recorder import Recorder
 from exporter.model import FINISHED_STATUSES, Status
-from exporter.store.base import TaskStore
+from exporter.store.base import MetricsReader
 from exporter.store.guard import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class StoreTotalsCollector(Collector):
-    def __init__(self, store: TaskStore, recorder: Recorder) -> None:
+    def __init__(self, store: MetricsReader, recorder: Recorder) -> None:
         self._store = store
         self._recorder = recorder
 

@@ -40,15 +40,8 @@ class FinishLabels:
     failure_class: str | None = None
 
 
-class TaskStore(Protocol):
-    def add(
-        self,
-        tasks: Iterable[DiscoveredTask],
-        now: float,
-        source_state: tuple[str, str] | None = None,
-    ) -> list[DiscoveredTask]:
-        """Track new tasks (known IDs are left alone) and save a source's position."""
-        ...
+class PollStore(Protocol):
+    """What the poll loop and the outcome handler use: pick due tasks, store answers."""
 
     def due(self, now: float, limit: int) -> list[Task]:
         """Unfinished tasks whose next poll is due, most overdue first."""
@@ -68,31 +61,34 @@ class TaskStore(Protocol):
         same transaction, so the totals survive any crash."""
         ...
 
-    def finish_totals(self) -> dict[FinishLabels, int]:
-        """Store-wide count of finishes per label set, since the store was created."""
+    def get(self, task_id: str) -> Task | None: ...
+
+
+class IntakeStore(Protocol):
+    """What discovery and registration use: track new tasks, remember where a source was."""
+
+    def add(
+        self,
+        tasks: Iterable[DiscoveredTask],
+        now: float,
+        source_state: tuple[str, str] | None = None,
+    ) -> list[DiscoveredTask]:
+        """Track new tasks (known IDs are left alone) and save a source's position."""
         ...
+
+    def source_state(self, source: str) -> str | None: ...
 
     def get(self, task_id: str) -> Task | None: ...
 
     def count_by_status(self) -> dict[Status, int]: ...
 
-    def oldest_active(self) -> dict[Status, float]:
-        """Per unfinished status, the earliest creation (or discovery) time."""
-        ...
 
-    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
-        """Per model (None: no model known), the earliest creation (or discovery) time
-        of its tasks in `processing`; models with none are left out. A few index
-        reads per model, never a scan of the tasks."""
-        ...
+class TaskReader(Protocol):
+    """What the task API (/api/v1/) and the pages (/status, /tasks) read and do."""
 
-    def models(self) -> list[str]: ...
+    def get(self, task_id: str) -> Task | None: ...
 
-    def prune(self, finished_before: float) -> int: ...
-
-    def source_state(self, source: str) -> str | None: ...
-
-    # Read by the task API (/api/v1/) and the status page (/status).
+    def count_by_status(self) -> dict[Status, int]: ...
 
     def list_tasks(
         self,
@@ -128,15 +124,40 @@ class TaskStore(Protocol):
         """One summary per model (None included), ordered by model; at most 1000."""
         ...
 
-    def reports_store_gauges(self) -> bool:
-        """Whether this replica should export the store-wide gauges (`lemondata_tasks`...).
 
-        A store shared by several replicas names one of them, so that summing
-        over replicas, as dashboards do, does not multiply the counts.
-        """
+class MetricsReader(Protocol):
+    """What the scrape-time collectors and the agent's health read."""
+
+    def count_by_status(self) -> dict[Status, int]: ...
+
+    def oldest_active(self) -> dict[Status, float]:
+        """Per unfinished status, the earliest creation (or discovery) time."""
         ...
 
+    def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
+        """Per model (None: no model known), the earliest creation (or discovery) time
+        of its tasks in `processing`; models with none are left out. A few index
+        reads per model, never a scan of the tasks."""
+        ...
+
+    def finish_totals(self) -> dict[FinishLabels, int]:
+        """Store-wide count of finishes per label set, since the store was created."""
+        ...
+
+    def models(self) -> list[str]: ...
+
+
+class Maintenance(Protocol):
+    """What the agent does to the store itself: drop old finished tasks, close it."""
+
+    def prune(self, finished_before: float) -> int: ...
+
     def close(self) -> None: ...
+
+
+class TaskStore(PollStore, IntakeStore, TaskReader, MetricsReader, Maintenance, Protocol):
+    """Everything a backend implements (SQLite, Redis) and the guard wraps; callers
+    depend on the small protocol above that names what they use."""
 
 
 @runtime_checkable

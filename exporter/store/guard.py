@@ -30,7 +30,13 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exporter.model import DiscoveredTask, Status, Task, TaskUpdate
-from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, TaskStore
+from exporter.store.base import (
+    FinishLabels,
+    ModelStatsStore,
+    ModelSummary,
+    TaskEvent,
+    TaskStore,
+)
 from exporter.store.sqlite import FileReplaced, StoreDamaged, StoreError
 
 log = logging.getLogger(__name__)
@@ -78,8 +84,10 @@ class StoreGuard:
         clock: Callable[[], float] = time.monotonic,
         log_interval: float = LOG_INTERVAL_SECONDS,
         probe_interval: float = PROBE_INTERVAL_SECONDS,
+        model_stats: ModelStatsStore | None = None,
     ) -> None:
         self.inner = inner
+        self._stats = model_stats  # the backend's, if it keeps them (see backends.py)
         self._clock = clock
         self._log_interval = log_interval
         self._probe_interval = probe_interval
@@ -296,17 +304,18 @@ class StoreGuard:
     def model_summaries(self) -> list[ModelSummary]:
         return self._run("read", self.inner.model_summaries)
 
-    def reports_store_gauges(self) -> bool:
-        return self._run("read", self.inner.reports_store_gauges)
+    def read(self, call: Callable[[], T]) -> T:
+        """Run another read of the backend (e.g. the gauge lease) under the guard."""
+        return self._run("read", call)
 
     def load_model_stats(self) -> dict[str, str]:
-        load = getattr(self.inner, "load_model_stats", None)
-        return self._run("read", load) if load is not None else {}
+        stats = self._stats
+        return self._run("read", stats.load_model_stats) if stats is not None else {}
 
     def save_model_stats(self, stats: dict[str, str | None]) -> None:
-        save = getattr(self.inner, "save_model_stats", None)
-        if save is not None:
-            self._run("save_stats", lambda: save(stats))
+        keeper = self._stats
+        if keeper is not None:
+            self._run("save_stats", lambda: keeper.save_model_stats(stats))
 
     def close(self) -> None:
         self.inner.close()

@@ -360,9 +360,6 @@ class SqliteTaskStore:
             )
         self.count_by_status()
 
-    def reports_store_gauges(self) -> bool:
-        return True  # a SQLite file belongs to one agent
-
     def close(self) -> None:
         self._closing = True  # a prune in progress stops after its batch
         with self._lock:
