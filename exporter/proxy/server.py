@@ -38,6 +38,7 @@ from urllib3.util import SKIP_HEADER
 
 from exporter.model import DiscoveredTask
 from exporter.proxy.register import NotATask, created_task, decode_body, request_model
+from exporter.store.guard import StoreUnavailable
 from exporter.upstream.paths import dot_segment_problem
 from exporter.upstream.session import upstream_session
 from exporter.web.httpserver import BodyTooLarge, HttpServer, ServerLimits, StartResponse
@@ -310,6 +311,10 @@ class ProxyServer:
             self._register_error(f"task {task.task_id}: {problem}; polled on api.status_path")
         try:
             self._register([task])
+        except StoreUnavailable as exc:
+            # The store's guard counts this (lemondata_store_errors_total) and logs
+            # its trouble once a minute; a line per create call would flood the log.
+            log.debug("proxy: cannot register task %s: %s", task.task_id, exc)
         except Exception as exc:  # the caller's answer must not depend on the store
             log.error("proxy: cannot register task %s: %s", task.task_id, type(exc).__name__)
             self._register_error(f"cannot register task {task.task_id}")

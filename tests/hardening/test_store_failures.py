@@ -257,3 +257,35 @@ def test_store_path_that_cannot_be_made(tmp_path: Path) -> None:
     log = exporter.log_text()
     assert "cannot create the folder" in log and str(store_path) in log, log
     assert "Traceback" not in log
+
+
+def test_proxy_answers_callers_and_keeps_the_log_short_while_the_store_fails(
+    tmp_path: Path, sim: SimulatorProcess
+) -> None:
+    from tests.harness import free_port
+
+    store_path = tmp_path / "data" / "store.db"
+    port = free_port()
+    config = settings(sim.url, store_path)
+    config["proxy"] = {"enabled": True, "listen_address": f"127.0.0.1:{port}"}
+    exporter = ExporterProcess(tmp_path, config, KEY).start()
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+        with requests.Session() as app:
+            app.headers["Authorization"] = f"Bearer {KEY}"
+            for _ in range(20):
+                answer = app.post(
+                    f"http://127.0.0.1:{port}/v1/images/generations",
+                    json={"model": "flux-pro", "prompt": "p"},
+                    timeout=10,
+                )
+                assert answer.status_code == 200, answer.text  # the caller's answer stands
+        samples = exporter.metrics()
+        assert total(samples, "lemondata_store_up") == 0
+        assert total(samples, "lemondata_store_errors_total") >= 1
+    finally:
+        exporter.terminate()
+    log = exporter.log_text()
+    assert "cannot register" not in log
+    assert len(store_log_lines(exporter)) <= 3, store_log_lines(exporter)
