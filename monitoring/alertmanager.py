@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitoring.config import BundleConfig
-from monitoring.rules import to_yaml
+from monitoring.yaml_text import to_yaml
 
 PATH = "alertmanager/alertmanager.yml"
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from monitoring.yaml_text import to_yaml_all
+
 REPO = Path(__file__).resolve().parents[1]
 NAME = "lemondata-exporter"
 BASE_DIR = "deploy/kubernetes/base"
@@ -68,22 +70,6 @@ def dashboard_config_map(file_name: str, text: str, folder: str = FOLDER) -> dic
     }
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (PromQL, dashboard JSON) as literal blocks."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def _yaml(documents: Sequence[Any]) -> str:
-    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
-
-
 def kubernetes_files(
     groups: Sequence[Mapping[str, Any]], dashboards: Mapping[str, str], folder: str = FOLDER
 ) -> dict[str, str]:
@@ -92,8 +78,8 @@ def kubernetes_files(
     board_header = HEADER.format(sources=f"the dashboards in {DASHBOARDS_DIR}/")
     maps = [dashboard_config_map(name, text, folder) for name, text in sorted(dashboards.items())]
     return {
-        PROMETHEUS_RULE_FILE: rule_header + _yaml([prometheus_rule(groups)]),
-        DASHBOARDS_FILE: board_header + _yaml(maps),
+        PROMETHEUS_RULE_FILE: rule_header + to_yaml_all([prometheus_rule(groups)]),
+        DASHBOARDS_FILE: board_header + to_yaml_all(maps),
     }
 
 

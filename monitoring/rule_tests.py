@@ -34,8 +34,8 @@ from monitoring.rules import (
     BurnWindow,
     Rules,
     seconds,
-    to_yaml,
 )
+from monitoring.yaml_text import to_yaml
 
 TESTS_FILE = "prometheus/tests/lemondata-exporter.test.yml"
 SLO_TESTS_FILE = "prometheus/tests/lemondata-exporter.slo.test.yml"

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from monitoring.config import BundleConfig
+from monitoring.yaml_text import to_yaml
 
 RECORDING_FILE = "prometheus/rules/lemondata-exporter.recording.yml"
 ALERTS_FILE = "prometheus/rules/lemondata-exporter.alerts.yml"
@@ -739,22 +740,6 @@ def build(config: BundleConfig, shorten: int = 1) -> dict[str, list[dict[str, An
 
 
 # ---- text ------------------------------------------------------------------------------
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (PromQL) as literal blocks."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def to_yaml(document: Any) -> str:
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
 
 
 HEADER = """\
