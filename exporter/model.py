@@ -8,7 +8,7 @@ two into a `TaskUpdate`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 
 
@@ -79,6 +79,10 @@ class Task:
     # true (upstream `updated`, or ours): adaptive polling extrapolates from it.
     progress: float | None = None
     progress_at: float | None = None
+
+
+# A task's fields, in the one order every store uses (SQLite's columns, rows).
+TASK_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(Task))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +174,26 @@ class TaskUpdate:
     last_error: str | None = None
     progress: float | None = None
     progress_at: float | None = None
+
+    def changes(self, now: float, reason: str | None) -> dict[str, object]:
+        """The `Task` fields this poll's result sets, in `APPLIED_FIELDS` order (a
+        store also counts `attempts` up): the one place every store takes them from."""
+        finish = self.finish
+        values: dict[str, object] = {name: getattr(self, name) for name in _POLLED_FIELDS}
+        values["finished_at"] = now if finish else None
+        values["duration_seconds"] = finish.duration if finish else None
+        values["reason"] = reason
+        values["error_message"] = finish.error_message if finish else None
+        return values
+
+
+# The fields of `TaskUpdate` that are a `Task`'s, copied as they are; the rest
+# describe the poll (what to observe, record) or are derived from `finish`.
+_POLLED_FIELDS = tuple(field.name for field in fields(TaskUpdate) if field.name in TASK_FIELDS)
+APPLIED_FIELDS: tuple[str, ...] = (
+    *_POLLED_FIELDS,
+    "finished_at",
+    "duration_seconds",
+    "reason",
+    "error_message",
+)

@@ -52,7 +52,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields as dataclass_fields
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -426,32 +427,43 @@ def _text(value: float | int | str | None) -> str:
     return str(value)
 
 
-def _task(task_id: str, fields: dict[str, str]) -> Task:
-    def number(name: str) -> float | None:
-        value = fields.get(FIELDS[name])
-        return float(value) if value else None
+def _optional_text(value: str | None) -> str | None:
+    return value or None
 
+
+def _optional_number(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _count(value: str | None) -> int:
+    return int(value or 0)  # 0 is kept as no field
+
+
+# How a hash field's text becomes a Task's field, by the field's declared type.
+_READERS: dict[str, Callable[[str | None], Any]] = {
+    "str | None": _optional_text,
+    "float | None": _optional_number,
+    "int": _count,
+}
+# (Task field, hash field, reader) for the fields read the same way; the rest
+# are required and read by `_task` itself.
+_READ = tuple(
+    (field.name, FIELDS[field.name], _READERS[str(field.type)])
+    for field in dataclass_fields(Task)
+    if str(field.type) in _READERS
+)
+
+
+def _task(task_id: str, fields: dict[str, str]) -> Task:
+    values: dict[str, Any] = {name: read(fields.get(short)) for name, short, read in _READ}
     return Task(
         task_id=task_id,
         source=fields["s"],
-        model=fields.get("m") or None,
-        poll_url=fields.get("u") or None,
         status=Status(fields["st"]),
         discovered_at=float(fields["d"]),
+        # A finished task has no `n`: its next poll reads as its finish.
         next_poll_at=float(fields.get("n") or fields.get("f") or fields["d"]),
-        created=number("created"),
-        first_seen=number("first_seen"),
-        last_polled=number("last_polled"),
-        processing_seen=number("processing_seen"),
-        attempts=int(fields.get("a") or 0),
-        consecutive_errors=int(fields.get("e") or 0),
-        finished_at=number("finished_at"),
-        duration_seconds=number("duration_seconds"),
-        reason=fields.get("r") or None,
-        error_message=fields.get("em") or None,
-        last_error=fields.get("le") or None,
-        progress=number("progress"),
-        progress_at=number("progress_at"),
+        **values,
     )
 
 
@@ -577,22 +589,9 @@ class RedisTaskStore:
     ) -> bool:
         """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
         finish = update.finish
-        fields: dict[str, float | int | str | None] = {
-            "status": update.status.value,
-            "next_poll_at": update.next_poll_at,
-            "consecutive_errors": update.consecutive_errors or None,
-            "created": update.created,
-            "model": update.model,
-            "first_seen": update.first_seen,
-            "processing_seen": update.processing_seen,
-            "last_polled": update.last_polled,
-            "last_error": update.last_error,
-            "duration_seconds": finish.duration if finish else None,
-            "reason": reason,
-            "error_message": finish.error_message if finish else None,
-            "progress": update.progress,
-            "progress_at": update.progress_at,
-        }
+        fields = update.changes(now, reason)
+        del fields["finished_at"]  # the script sets it, with the replica that finished
+        fields["consecutive_errors"] = update.consecutive_errors or None  # 0: no field
         args = [
             self.prefix,
             task_id,
@@ -606,7 +605,7 @@ class RedisTaskStore:
             _totals_field(labels) if finish and labels else "",
         ]
         for name, value in fields.items():
-            args += [FIELDS[name], _text(value)]
+            args += [FIELDS[name], _text(cast(float | int | str | None, value))]
         return bool(self._apply(args=args))
 
     def finish_totals(self) -> dict[FinishLabels, int]:

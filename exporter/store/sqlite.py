@@ -17,7 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from exporter.model import ACTIVE_STATUSES, DiscoveredTask, Status, Task, TaskUpdate
+from exporter.model import (
+    ACTIVE_STATUSES,
+    APPLIED_FIELDS,
+    TASK_FIELDS,
+    DiscoveredTask,
+    Status,
+    Task,
+    TaskUpdate,
+)
 from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
 
 SCHEMA_VERSION = 1
@@ -204,10 +212,13 @@ WRITER_CACHE_KIB = 64 * 1024
 
 # Columns added after the first release: (name, type), added to older files on open.
 _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
-_COLUMNS = (
-    "task_id, source, model, poll_url, status, discovered_at, next_poll_at, created, "
-    "first_seen, last_polled, processing_seen, attempts, consecutive_errors, finished_at, "
-    "duration_seconds, reason, error_message, last_error, progress, progress_at"
+# The tasks table's columns are the Task's fields, same names and order (the
+# schema above is what is on disk; a test holds the two together).
+_COLUMNS = ", ".join(TASK_FIELDS)
+_APPLY = (
+    "UPDATE tasks SET "
+    + ", ".join(f"{name} = ?" for name in APPLIED_FIELDS)
+    + ", attempts = attempts + 1 WHERE task_id = ? AND finished_at IS NULL"
 )
 
 
@@ -464,31 +475,8 @@ class SqliteTaskStore:
             before = db.execute(
                 "SELECT status FROM tasks WHERE task_id = ? AND finished_at IS NULL", (task_id,)
             ).fetchone()
-            cursor = db.execute(
-                "UPDATE tasks SET status = ?, next_poll_at = ?, consecutive_errors = ?,"
-                " created = ?, model = ?, first_seen = ?, processing_seen = ?, last_polled = ?,"
-                " attempts = attempts + 1, last_error = ?, finished_at = ?,"
-                " duration_seconds = ?, reason = ?, error_message = ?, progress = ?,"
-                " progress_at = ? WHERE task_id = ? AND finished_at IS NULL",
-                (
-                    update.status.value,
-                    update.next_poll_at,
-                    update.consecutive_errors,
-                    update.created,
-                    update.model,
-                    update.first_seen,
-                    update.processing_seen,
-                    update.last_polled,
-                    update.last_error,
-                    now if finish else None,
-                    finish.duration if finish else None,
-                    reason,
-                    finish.error_message if finish else None,
-                    update.progress,
-                    update.progress_at,
-                    task_id,
-                ),
-            )
+            changes = update.changes(now, reason)
+            cursor = db.execute(_APPLY, (*changes.values(), task_id))
             if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
                 _record_event(db, task_id, now, before[0], update.status.value)
             if cursor.rowcount == 1 and finish is not None and labels is not None:
