@@ -61,8 +61,6 @@ class PollStore(Protocol):
         same transaction, so the totals survive any crash."""
         ...
 
-    def get(self, task_id: str) -> Task | None: ...
-
 
 class IntakeStore(Protocol):
     """What discovery and registration use: track new tasks, remember where a source was."""
