@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.config import DEFAULT_DURATION_BUCKETS
+from exporter.metrics.recorder import API_LATENCY_BUCKETS
 from monitoring.config import BundleConfig
 from monitoring.rules import (
     ALERTS_FILE,
@@ -41,31 +43,8 @@ TESTS_FILE = "prometheus/tests/lemondata-exporter.test.yml"
 SLO_TESTS_FILE = "prometheus/tests/lemondata-exporter.slo.test.yml"
 SLO_LONG_TESTS_FILE = "prometheus/tests/lemondata-exporter.slo-long.test.yml"
 
-# Bucket bounds the exporter uses (exporter/metrics/recorder.py, exporter/config.py).
-API_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-DURATION_BUCKETS = (
-    1,
-    2,
-    5,
-    10,
-    15,
-    20,
-    30,
-    45,
-    60,
-    90,
-    120,
-    180,
-    240,
-    300,
-    450,
-    600,
-    900,
-    1200,
-    1800,
-    2700,
-    3600,
-)
+# The exporter's own bucket bounds: test series must use the bounds it serves.
+DURATION_BUCKETS = DEFAULT_DURATION_BUCKETS
 
 TOPOLOGY_EXAMPLES = {"cluster": "eu-1", "namespace": "monitoring", "job": "lemondata-exporter"}
 INSTANCE = "10.0.0.7:9847"
