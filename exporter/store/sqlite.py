@@ -279,13 +279,13 @@ class SqliteTaskStore:
                 raise StoreError(f"{self.path} was written by a newer version (schema {version})")
             self._db.executescript(_SCHEMA)
             _add_columns(self._db)
-            _add_status_counts(self._db)
+            _add_counts(self._db, "status_counts", _STATUS_COUNTS)
             self._db.execute(_OLDEST_INDEX)
             self._db.execute(_FINISH_TOTALS)
             self._db.execute(_PROCESSING_INDEX)
             for index in _LIST_INDEXES:
                 self._db.execute(index)
-            _add_model_counts(self._db)
+            _add_counts(self._db, "model_counts", _MODEL_COUNTS)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
             self._reader_list: list[sqlite3.Connection] = []
@@ -753,24 +753,12 @@ def _add_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
 
-def _add_model_counts(db: sqlite3.Connection) -> None:
-    """Creates the per-model counts and their triggers, counted from the tasks, once."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_counts'").fetchone():
+def _add_counts(db: sqlite3.Connection, table: str, script: str) -> None:
+    """Creates a counts table and its triggers (`script`), counted from the tasks, once."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
         return
     try:
-        db.executescript(f"BEGIN IMMEDIATE;{_MODEL_COUNTS}COMMIT;")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def _add_status_counts(db: sqlite3.Connection) -> None:
-    """Creates the counts table and its triggers, counted from the tasks, once."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'status_counts'").fetchone():
-        return
-    try:
-        db.executescript(f"BEGIN IMMEDIATE;{_STATUS_COUNTS}COMMIT;")
+        db.executescript(f"BEGIN IMMEDIATE;{script}COMMIT;")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
