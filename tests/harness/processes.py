@@ -54,6 +54,28 @@ def process(
         stop(proc)
 
 
+@contextlib.contextmanager
+def alertmanager_process(
+    binary: str, config: Path, folder: Path, port: int, logs: dict[str, Path]
+) -> Iterator[str]:
+    """A single Alertmanager (no cluster) on `port` with `config`, waited for; its URL."""
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={folder / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with process("alertmanager", args, logs, folder):
+        wait_for(
+            lambda: requests.get(f"{url}/-/ready", timeout=2).status_code == 200,
+            30,
+            "Alertmanager",
+        )
+        yield url
+
+
 class ExporterProcess:
     """`python -m exporter run` with a config written from a dict."""
 

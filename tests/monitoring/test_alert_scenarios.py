@@ -43,7 +43,7 @@ import yaml
 
 from monitoring import alertmanager, rules
 from monitoring.config import BundleConfig
-from tests.harness import free_port, parse_metrics, process, total
+from tests.harness import alertmanager_process, free_port, parse_metrics, process, total
 from tests.monitoring.support import REPO, require_tool
 from tests.monitoring.test_stack import Notification, Webhook, ready, wait_until
 
@@ -320,20 +320,8 @@ def _live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     try:
         with contextlib.ExitStack() as running:
             running.enter_context(
-                process(
-                    "alertmanager",
-                    [
-                        alertmanager_bin,
-                        f"--config.file={am_config}",
-                        f"--storage.path={tmp / 'alertmanager-data'}",
-                        f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
-                        "--cluster.listen-address=",
-                    ],
-                    logs,
-                    tmp,
-                )
+                alertmanager_process(alertmanager_bin, am_config, tmp, ports["alertmanager"], logs)
             )
-            wait_until(lambda: ready(f"{urls['alertmanager']}/-/ready"), 30, "Alertmanager")
             for namespace in ("api", "tasks"):
                 folder = tmp / namespace
                 folder.mkdir()

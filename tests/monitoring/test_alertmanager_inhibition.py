@@ -17,8 +17,9 @@ import yaml
 
 from monitoring import alertmanager
 from monitoring.config import BundleConfig
+from tests.harness import alertmanager_process, free_port
 from tests.monitoring.support import require_tool
-from tests.monitoring.test_stack import free_port, process, ready, wait_until
+from tests.monitoring.test_stack import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -41,22 +42,8 @@ def _am(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config["route"]["group_wait"] = "1h"
     path = tmp / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     logs: dict[str, Path] = {}
-    with process(
-        "alertmanager",
-        [
-            binary,
-            f"--config.file={path}",
-            f"--storage.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        logs,
-        tmp,
-    ):
-        wait_until(lambda: ready(f"{url}/-/ready"), 30, "Alertmanager")
+    with alertmanager_process(binary, path, tmp, free_port(), logs) as url:
         yield url
 
 

@@ -39,7 +39,7 @@ import yaml
 
 from monitoring.config import BundleConfig
 from monitoring.rules import render as render_rules
-from tests.harness import free_port, process, wait_for
+from tests.harness import alertmanager_process, free_port, process, wait_for
 from tests.monitoring.support import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
@@ -313,20 +313,8 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with contextlib.ExitStack() as running:
             # Alertmanager first, so Prometheus can deliver from its first evaluation.
             running.enter_context(
-                process(
-                    "alertmanager",
-                    [
-                        alertmanager_bin,
-                        f"--config.file={am_config}",
-                        f"--storage.path={tmp / 'alertmanager-data'}",
-                        f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
-                        "--cluster.listen-address=",
-                    ],
-                    logs,
-                    tmp,
-                )
+                alertmanager_process(alertmanager_bin, am_config, tmp, ports["alertmanager"], logs)
             )
-            wait_until(lambda: ready(f"{urls['alertmanager']}/-/ready"), 30, "Alertmanager")
             running.enter_context(
                 process(
                     "exporter",
