@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from exporter.simulator import Simulator, SimulatorSettings
 from tests.harness import ExporterProcess, wait_for
 from tests.harness import free_port as free_port  # re-exported for the benchmarks
 
@@ -62,6 +63,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def slow_simulator(key: str, **settings: Any) -> Simulator:
+    """An in-process simulator (not started) whose tasks stay unfinished for
+    hours (time scale 0.01), with no rate limit and no lost tasks: the agent
+    polls them as long as a benchmark runs. `settings` override the rest."""
+    defaults: dict[str, Any] = {
+        "port": 0,
+        "api_keys": (key,),
+        "time_scale": 0.01,
+        "seed": 3,
+        "rate_limit_per_minute": 0,
+        "lost_fraction": 0.0,
+    }
+    return Simulator(SimulatorSettings(**{**defaults, **settings}))
 
 
 def start_simulator(key: str, *extra_args: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -29,10 +29,10 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Exporter, machine, quantile, table
+from bench.common import Exporter, machine, quantile, slow_simulator, table
 from exporter.model import DiscoveredTask
 from exporter.poller.cycle import CANDIDATES_PER_SLOT
-from exporter.simulator import Simulator, SimulatorSettings
+from exporter.simulator import Simulator
 from exporter.store.sqlite import SqliteTaskStore
 
 KEY = "sk-bench-scale"
@@ -121,16 +121,7 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=300)
     args = parser.parse_args()
     random.seed(1)
-    sim = Simulator(
-        SimulatorSettings(
-            port=0,
-            api_keys=(KEY,),
-            time_scale=0.01,
-            seed=3,
-            rate_limit_per_minute=0,
-            lost_fraction=0.0,
-        )
-    )
+    sim = slow_simulator(KEY)
     sim.start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rows = []

@@ -56,6 +56,7 @@ def open_backend(config: Config) -> Backend:
             prefix=store.redis_prefix,
             replica_id=replica_id(config),
             lease_seconds=store.lease_seconds,
+            prune_duty_cycle=store.prune_duty_cycle,
             client=redis_client(config, store.redis_url),
         )
         return Backend(
@@ -67,7 +68,7 @@ def open_backend(config: Config) -> Backend:
             redis_url=store.redis_url,
             redis_client=shared.client,
         )
-    local = SqliteTaskStore(store.path)
+    local = SqliteTaskStore(store.path, prune_duty_cycle=store.prune_duty_cycle)
     return Backend(
         store=local,
         budget=RequestBudget(rate),

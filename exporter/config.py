@@ -221,6 +221,10 @@ class StoreConfig(_Section):
     # The most unfinished tasks tracked at once; sources offering more are refused
     # (lemondata_tasks_rejected_total{reason="limit"}).
     max_tracked_tasks: int = Field(default=100_000, ge=1, le=100_000_000)
+    # The most of the time the prune of finished tasks may work (and hold the
+    # SQLite writer, or Redis, for its batches): it pauses between batches for
+    # the rest. Lower: scrapes and polls feel it less, the prune takes longer.
+    prune_duty_cycle: float = Field(default=0.25, gt=0.0, le=1.0)
 
     @field_validator("redis_url")
     @classmethod

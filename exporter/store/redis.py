@@ -68,7 +68,7 @@ from exporter.model import (
     TaskUpdate,
 )
 from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
-from exporter.store.sqlite import StoreError
+from exporter.store.sqlite import PRUNE_DUTY_CYCLE, StoreError, prune_pause
 
 log = logging.getLogger(__name__)
 
@@ -498,10 +498,12 @@ class RedisTaskStore:
         prefix: str = "lemondata:",
         replica_id: str | None = None,
         lease_seconds: float = 60.0,
+        prune_duty_cycle: float = PRUNE_DUTY_CYCLE,
         client: redis.Redis | None = None,
     ) -> None:
         self.url = redact_url(url)
         self.prefix = prefix
+        self.prune_duty_cycle = prune_duty_cycle
         self.replica_id = replica_id or default_replica_id()
         self.lease_seconds = lease_seconds
         self.client = client if client is not None else connect(url)
@@ -666,7 +668,8 @@ class RedisTaskStore:
         return sorted(cast(list[str], self.client.srandmember(self._key("ms"), 1000)))
 
     def prune(self, finished_before: float) -> int:
-        """Forget finished tasks older than the retention, PRUNE_BATCH per script."""
+        """Forget finished tasks older than the retention, PRUNE_BATCH per script,
+        working at most `prune_duty_cycle` of the time."""
         removed = 0
         for status in FINISHED_STATUSES:
             while True:
@@ -682,9 +685,9 @@ class RedisTaskStore:
                 removed += batch
                 if batch < PRUNE_BATCH:
                     break
-                # Redis runs one script at a time: leave it at least as long to
-                # everyone else (every replica's polls and scrapes).
-                time.sleep(max(0.002, time.monotonic() - began))
+                # Redis runs one script at a time: leave it to everyone else
+                # (every replica's polls and scrapes) most of the time.
+                time.sleep(prune_pause(time.monotonic() - began, self.prune_duty_cycle))
         return removed
 
     def source_state(self, source: str) -> str | None:

@@ -196,12 +196,23 @@ SELECT COALESCE(model, ''), SUM(finished_at IS NULL), SUM(finished_at IS NOT NUL
     SUM(status = 'failed'), SUM(status = 'completed' AND duration_seconds IS NOT NULL)
 FROM tasks GROUP BY COALESCE(model, '');
 """
-# Rows deleted per prune transaction: the writer's lock is released between
-# batches (for at least as long as a batch took), so polls and registrations
-# never wait for a whole prune.
+# Rows deleted per prune transaction. Between batches the prune pauses so that
+# it works at most PRUNE_DUTY_CYCLE of the time (`prune_pause`): polls and
+# registrations wait at most one batch for the writer's lock, and scrapes keep
+# the CPU most of the time. Config: store.prune_duty_cycle.
 PRUNE_BATCH = 250
 PRUNE_ROUND = 50_000
+PRUNE_DUTY_CYCLE = 0.25
 PRUNE_PAUSE_SECONDS = 0.005
+
+
+def prune_pause(batch_seconds: float, duty_cycle: float) -> float:
+    """How long to pause after a prune batch that took `batch_seconds` so that
+    the prune works at most `duty_cycle` of the time (never less than
+    PRUNE_PAUSE_SECONDS, so that a waiting writer always gets in)."""
+    return max(PRUNE_PAUSE_SECONDS, batch_seconds * (1.0 - duty_cycle) / duty_cycle)
+
+
 # Medians are recomputed at most this often (the status page shows them).
 MEDIAN_MAX_AGE_SECONDS = 60.0
 # Readers beside the one writer: WAL lets them read while it writes.
@@ -251,8 +262,14 @@ class SqliteTaskStore:
     transaction) and a few reader connections that never take that lock: in WAL
     mode readers see the last commit while the writer goes on."""
 
-    def __init__(self, path: Path | str, integrity_check: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        integrity_check: bool = True,
+        prune_duty_cycle: float = PRUNE_DUTY_CYCLE,
+    ) -> None:
         self.path = str(path)
+        self.prune_duty_cycle = prune_duty_cycle
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +326,7 @@ class SqliteTaskStore:
         self._identity = self._file_identity()
         self._lock = threading.Lock()
         self._closing = False
+        self._closed = threading.Event()  # wakes a prune's pause at shutdown
         self._medians: dict[str | None, float] = {}
         self._medians_at = -float("inf")
         self._medians_lock = threading.Lock()
@@ -373,6 +391,7 @@ class SqliteTaskStore:
 
     def close(self) -> None:
         self._closing = True  # a prune in progress stops after its batch
+        self._closed.set()
         with self._lock:
             self._db.close()
             for reader in self._reader_list:
@@ -538,46 +557,54 @@ class SqliteTaskStore:
     def prune(self, finished_before: float, batch: int = PRUNE_BATCH) -> int:
         """Forget finished tasks older than the retention, `batch` per transaction.
 
-        The IDs due are read without the writer's lock (up to PRUNE_ROUND at a
-        time) and deleted in ID order, which keeps each batch's changes on few
-        pages of the ID-keyed indexes. Between batches the writer's lock is let
-        go for at least as long as the batch held it, so a prune of a day's tasks
-        never holds up polling or a registration for more than one batch (a few
-        ms to a few tens) and takes at most half of the writer's time; readers
-        never wait for it at all. The WAL it grew is checkpointed
-        and cut back at the end."""
+        The IDs due are read on a reader (up to PRUNE_ROUND at a time, sorted by
+        SQLite, not in Python, so that the GIL stays free for a scrape) and
+        deleted in ID order, which keeps each batch's changes on few pages of the
+        ID-keyed indexes. After each batch the prune pauses (`prune_pause`) so
+        that it holds the writer's lock and a core at most `prune_duty_cycle` of
+        the time: a poll's result or a registration waits at most one batch, and
+        readers never wait for it at all. The WAL it grew is checkpointed and cut
+        back at the end."""
         removed = 0
         while True:
             with self._reading() as db:
-                due = sorted(
+                due = [
                     row[0]
                     for row in db.execute(
-                        "SELECT task_id FROM tasks INDEXED BY tasks_finished"
-                        " WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                        "SELECT task_id FROM (SELECT task_id FROM tasks INDEXED BY"
+                        " tasks_finished WHERE finished_at IS NOT NULL AND finished_at < ?"
+                        " LIMIT ?) ORDER BY task_id",
                         (finished_before, PRUNE_ROUND),
                     )
-                )
+                ]
             for start in range(0, len(due), batch):
                 if self._closing:  # shutting down: the rest waits for the next start
                     return removed
                 ids = due[start : start + batch]
-                marks = ", ".join("?" for _ in ids)
                 began = time.monotonic()
-                with self._transaction() as db:
-                    db.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", ids)
-                    removed += db.execute(
-                        f"DELETE FROM tasks WHERE task_id IN ({marks})"
-                        " AND finished_at IS NOT NULL AND finished_at < ?",
-                        (*ids, finished_before),
-                    ).rowcount
-                # At most half of the time: polls and registrations waiting for
-                # the lock get in, and scrapes keep their share of the CPU.
-                time.sleep(max(PRUNE_PAUSE_SECONDS, time.monotonic() - began))
+                removed += self._prune_batch(ids, finished_before)
+                self._closed.wait(prune_pause(time.monotonic() - began, self.prune_duty_cycle))
             if len(due) < PRUNE_ROUND:
                 break
         if removed:
             self.checkpoint()
         return removed
+
+    def _prune_batch(self, ids: list[str], finished_before: float) -> int:
+        """One transaction: those of these tasks still past the retention, and
+        their events; the triggers keep the counts in step."""
+        where = (
+            f"task_id IN ({', '.join('?' for _ in ids)})"
+            " AND finished_at IS NOT NULL AND finished_at < ?"
+        )
+        params = (*ids, finished_before)
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM task_events WHERE task_id IN"
+                f" (SELECT task_id FROM tasks WHERE {where})",
+                params,
+            )
+            return int(db.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database and cut it back (to 0 when no reader
