@@ -57,7 +57,7 @@ from bench.common import Exporter, machine, quantile, slow_simulator, table, wai
 from exporter.api.auth import TOKEN_ENV
 from exporter.model import DiscoveredTask, Finish, Status, Task, TaskUpdate
 from exporter.simulator import Simulator
-from exporter.store.base import TaskEvent
+from exporter.store.base import FinishLabels, TaskEvent
 from exporter.store.sqlite import _COLUMNS, PRUNE_DUTY_CYCLE, SqliteTaskStore
 
 KEY = "sk-bench-day-scale"
@@ -323,6 +323,50 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def through_prune(exporter: Exporter) -> dict[str, Any]:
+    """Starts `exporter` (whose retention makes its start-up prune forget half the
+    finished tasks) and scrapes `/metrics` all through that prune."""
+    during: list[tuple[float, float]] = []  # (when, latency)
+    stop = threading.Event()
+
+    def scrape_through_prune() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            at = time.monotonic()
+            try:
+                answer = session.get(f"{exporter.url}/metrics", timeout=120)
+            except requests.ConnectionError:
+                time.sleep(0.01)
+                continue
+            if answer.status_code == 200:
+                during.append((at, time.monotonic() - at))
+            time.sleep(0.02)
+
+    scraper = threading.Thread(target=scrape_through_prune, daemon=True)
+    scraper.start()
+    try:
+        ready = exporter.start(ready_timeout=600)
+        sent_start = requests_sent(exporter.url), time.monotonic()
+        wait_until(lambda: "forgot" in exporter.log_text(), 3600, "the start-up prune")
+        sent_end = requests_sent(exporter.url), time.monotonic()
+        stop.set()
+        scraper.join(120)
+        log = exporter.log_text()
+    finally:
+        stop.set()
+        exporter.stop()
+    listening = next(line for line in log.splitlines() if "listening on" in line)
+    forgot = next(line for line in log.splitlines() if "forgot" in line)
+    return {
+        "ready": ready,
+        "pruned": int(re.search(r"forgot (\d+)", forgot).group(1)),  # type: ignore[union-attr]
+        "seconds": log_time(forgot) - log_time(listening),
+        "polls_during": (sent_end[0] - sent_start[0]) / (sent_end[1] - sent_start[1]),
+        # The first scrape of a fresh process pays for its start; left out.
+        "window": [latency for at, latency in during[1:] if at <= sent_end[1]],
+    }
+
+
 def prune_run(
     args: argparse.Namespace, seeded: Path, workdir: Path, sim_url: str, duty_cycle: float
 ) -> dict[str, Any]:
@@ -346,42 +390,9 @@ def prune_run(
     total_before = sum(counts.count_by_status().values())
     counts.close()
     exporter = exporter_on(workdir / "prune", path, sim_url, DAY / 2, duty_cycle)
-    during: list[tuple[float, float]] = []  # (when, latency)
-    stop = threading.Event()
-
-    def scrape_through_prune() -> None:
-        session = requests.Session()
-        while not stop.is_set():
-            at = time.monotonic()
-            try:
-                answer = session.get(f"{exporter.url}/metrics", timeout=120)
-            except requests.ConnectionError:
-                time.sleep(0.01)
-                continue
-            if answer.status_code == 200:
-                during.append((at, time.monotonic() - at))
-            time.sleep(0.02)
-
-    scraper = threading.Thread(target=scrape_through_prune, daemon=True)
-    scraper.start()
-    ready = exporter.start(ready_timeout=600)
-    try:
-        sent_start = requests_sent(exporter.url), time.monotonic()
-        wait_until(lambda: "forgot" in exporter.log_text(), 3600, "the start-up prune")
-        sent_end = requests_sent(exporter.url), time.monotonic()
-        stop.set()
-        scraper.join(120)
-        log = exporter.log_text()
-        listening = next(line for line in log.splitlines() if "listening on" in line)
-        forgot = next(line for line in log.splitlines() if "forgot" in line)
-        pruned = int(re.search(r"forgot (\d+)", forgot).group(1))  # type: ignore[union-attr]
-        seconds = log_time(forgot) - log_time(listening)
-        wal = Path(f"{path}-wal")
-    finally:
-        stop.set()
-        exporter.stop()
-    # The first scrape of a fresh process pays for its start; left out.
-    window = [latency for at, latency in during[1:] if at <= sent_end[1]]
+    found = through_prune(exporter)
+    wal = Path(f"{path}-wal")
+    pruned, seconds, window = found["pruned"], found["seconds"], found["window"]
     result = {
         "duty_cycle": duty_cycle,
         "load": f"{load_before} / {load()}",
@@ -391,8 +402,8 @@ def prune_run(
         "pruned": pruned,
         "total_before": total_before,
         "seconds": seconds,
-        "ready": ready,
-        "rates": (rest_rate, (sent_end[0] - sent_start[0]) / (sent_end[1] - sent_start[1])),
+        "ready": found["ready"],
+        "rates": (rest_rate, found["polls_during"]),
         "wal": wal.stat().st_size if wal.exists() else 0,
         "path": path,
     }
@@ -642,12 +653,51 @@ def used_memory(client: Any) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+def poll_batches(store: Any, now: float, rounds: int, batch: int) -> list[list[object]]:
+    """The poll path in `batch`-task batches, as a replica's cycle runs it: `due`
+    (picks and leases the most overdue), then `apply` for each (every other task
+    finishes, the rest are put off by an hour). p50 / p99 / max ms per batch."""
+    due_times, apply_times = [], []
+    at = now + 3600.0  # every unfinished task is due
+    for _ in range(rounds):
+        started = time.perf_counter()
+        tasks = store.due(at, batch)
+        due_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for n, task in enumerate(tasks):
+            finish = Finish(Status.COMPLETED, 42.0) if n % 2 else None
+            update = TaskUpdate(
+                status=Status.COMPLETED if finish else Status.PROCESSING,
+                next_poll_at=at + 3600.0,
+                consecutive_errors=0,
+                created=task.created,
+                model=task.model,
+                first_seen=task.first_seen,
+                processing_seen=task.processing_seen,
+                last_polled=at,
+                finish=finish,
+            )
+            labels = FinishLabels(task.model or "", Status.COMPLETED.value) if finish else None
+            store.apply(task.task_id, update, at, None, labels)
+        apply_times.append(time.perf_counter() - started)
+
+    def cells(times: list[float]) -> list[object]:
+        return [ms(quantile(times, 0.5)), ms(quantile(times, 0.99)), ms(max(times))]
+
+    return [
+        [f"`due` ({batch} tasks, leased)", *cells(due_times)],
+        [f"`apply` x {batch} (half of them finishing)", *cells(apply_times)],
+    ]
+
+
 def run_redis(args: argparse.Namespace, workdir: Path) -> str:
-    from exporter.store.redis import RedisTaskStore
+    from exporter.store.redis import PRUNE_BATCH, RedisTaskStore
     from tests.harness import RedisServer
 
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
     server = RedisServer(workdir / "redis").start()
+    sim = slow_simulator(KEY, retention_seconds=10 * DAY)
+    sim.start()
     try:
         client = server.client()
         now = time.time()
@@ -663,49 +713,30 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         write_through_scripts(new, sample)
         new_bytes = (used_memory(client) - base) / len(sample)
         client.flushdb()
-        # The day.
+        # The day: finished tasks restored, unfinished ones created on the simulator
+        # (the exporter below polls them), as for SQLite.
         store = RedisTaskStore(server.url, prefix="lemondata:", client=client)
         base = used_memory(client)
         started = time.monotonic()
-        finished = args.tasks - args.unfinished
         batch: list[tuple[Task, list[TaskEvent]]] = []
-        for item in finished_tasks(finished, now):
+        for item in finished_tasks(args.tasks - args.unfinished, now):
             batch.append(item)
             if len(batch) == 5000:
                 store.restore(batch)
                 batch = []
         store.restore(batch)
-        rng = random.Random(4)
-        unfinished = []
-        for n in range(args.unfinished):
-            model, _, _ = pick(rng, MODELS)
-            created = now - rng.uniform(0, 600)
-            unfinished.append(
-                (
-                    Task(
-                        f"img_u{n:023x}",
-                        "file",
-                        model,
-                        None,
-                        Status.PROCESSING,
-                        created + 0.4,
-                        now + rng.uniform(0, 600),
-                        created,
-                        created + 0.7,
-                        now,
-                        created + 2,
-                        3,
-                        0,
-                    ),
-                    [TaskEvent(created + 2, Status.PROCESSING, Status.UNKNOWN)],
-                )
-            )
+        unfinished = create_unfinished(sim, args.unfinished, now)
         for start in range(0, len(unfinished), 5000):
-            store.restore(unfinished[start : start + 5000])
+            store.restore(
+                [
+                    (task, [TaskEvent(task.first_seen or now, task.status, Status.UNKNOWN)])
+                    for task in unfinished[start : start + 5000]
+                ]
+            )
         seeded = time.monotonic() - started
         day_bytes = used_memory(client) - base
-        print(f"redis: seeded {args.tasks} in {seeded:.0f} s", flush=True)
-        deep_after = unfinished[len(unfinished) // 2][0].task_id
+        print(f"redis: seeded {args.tasks} in {seeded:.0f} s, load {load()}", flush=True)
+        deep_after = sorted(t.task_id for t in unfinished)[len(unfinished) // 2]
 
         def timed(call: Callable[[], object], repeat: int = 20) -> tuple[float, float]:
             times = []
@@ -720,20 +751,6 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
             return store.model_summaries()
 
         reads = [
-            ["list status=completed", *timed(lambda: store.list_tasks(Status.COMPLETED))],
-            ["list model=veo-3", *timed(lambda: store.list_tasks(model="veo-3"))],
-            [
-                "list status=failed model=sora-2",
-                *timed(lambda: store.list_tasks(Status.FAILED, "sora-2")),
-            ],
-            [
-                "list status=timeout model=nope (no match)",
-                *timed(lambda: store.list_tasks(Status.TIMEOUT, "nope")),
-            ],
-            [
-                "list after a cursor, no filter",
-                *timed(lambda: store.list_tasks(after=deep_after)),
-            ],
             [
                 "latest_finished (20 failures)",
                 *timed(
@@ -754,27 +771,30 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
                 ),
             ],
         ]
-        # A prune of half the finished tasks, with a scrape's reads looping meanwhile.
-        worst = [0.0]
-        stop = threading.Event()
-
-        def reader() -> None:
-            while not stop.is_set():
-                started = time.perf_counter()
-                store.count_by_status()
-                store.oldest_active()
-                worst[0] = max(worst[0], time.perf_counter() - started)
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        started = time.monotonic()
-        pruned = store.prune(now - DAY / 2)
-        prune_seconds = time.monotonic() - started
-        stop.set()
-        thread.join(30)
+        # Through the exporter's web server, as for SQLite.
+        exporter = redis_exporter(workdir / "redis-rest", server.url, sim.url, 2 * DAY)
+        ready = exporter.start(ready_timeout=600)
+        first_answer = exporter.serving_after
+        try:
+            rest = scrapes(exporter.url, args.scrapes)
+            with status_load(exporter.url, args.clients) as pages:
+                loaded = scrapes(exporter.url, args.scrapes)
+            lists = api_lists(exporter.url, deep_after)
+            rss = exporter.rss_bytes()
+        finally:
+            exporter.stop()
+        print(f"redis: HTTP done, load {load()}", flush=True)
+        polls = poll_batches(store, now, args.poll_batches, 50)
+        # The exporter's start-up prune of half the finished tasks, scraped through.
+        load_before = load()
+        exporter = redis_exporter(workdir / "redis-prune", server.url, sim.url, DAY / 2)
+        found = through_prune(exporter)
         after_prune = used_memory(client) - base
+        prune_load = f"{load_before} / {load()}"
     finally:
+        sim.stop()
         server.stop()
+    window = found["window"]
     rows = [
         [
             "bytes per finished task, old layout (same tasks, written through the scripts)",
@@ -785,17 +805,67 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
             f"{new_bytes:.0f} ({old_bytes / new_bytes:.2f}x less)",
         ],
         [f"memory for the day ({args.tasks:,} tasks) MB", day_bytes / 2**20],
-        ["seeding s (restore, pipelined)", seeded],
-        [f"prune of {pruned:,} finished tasks s", prune_seconds],
-        ["longest scrape read (counts + oldest) during the prune ms", ms(worst[0])],
+        ["seeding s (restore, pipelined; unfinished ones created on the simulator)", seeded],
+        ["first HTTP answer / ready s", f"{first_answer:.2f} / {ready:.2f}"],
+        ["RSS of the exporter MB", rss / 2**20],
+        [
+            "`/metrics` p50 / p99 ms at rest",
+            f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
+        ],
+        [
+            f"`/metrics` p50 / p99 ms, {args.clients} clients reloading `/status`",
+            f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
+            f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
+        ],
+        [
+            "`/status` p50 / p99 ms (as those clients saw it)",
+            f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
+            f" ({len(pages)} loads)",
+        ],
+        [
+            f"start-up prune of {found['pruned']:,} finished tasks s"
+            f" ({PRUNE_BATCH} a script, duty cycle {PRUNE_DUTY_CYCLE})",
+            f"{found['seconds']:.1f} ({found['pruned'] / found['seconds']:,.0f}/s)",
+        ],
+        ["ready s, with that prune due", found["ready"]],
+        [
+            f"`/metrics` during that prune: {len(window)} scrapes, p50 / p99 / longest ms",
+            f"{ms(quantile(window, 0.5)):.1f} / {ms(quantile(window, 0.99)):.1f} / "
+            f"{ms(max(window, default=0)):.1f}"
+            f" ({quantile(window, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest;"
+            f" load {prune_load})",
+        ],
         ["memory after the prune MB", after_prune / 2**20],
     ]
     return (
         f"Redis ({args.tasks:,} tasks):\n\n"
         + table(["", "value"], rows)
-        + "\n\nReads, in-process (p50 / max of 20, ms):\n\n"
+        + "\n\nTask API list pages through HTTP (limit 100, 20 requests each):\n\n"
+        + table(["query", "p50 ms", "max ms"], lists)
+        + f"\n\nThe poll path in-process, {args.poll_batches} batches of 50 at"
+        f" {args.tasks:,} tasks:\n\n"
+        + table(["", "p50 ms", "p99 ms", "max ms"], polls)
+        + "\n\nOther reads, in-process (p50 / max of 20, ms):\n\n"
         + table(["read", "p50 ms", "max ms"], reads)
     )
+
+
+def redis_exporter(workdir: Path, redis_url: str, sim_url: str, retention: float) -> Exporter:
+    exporter = Exporter(
+        workdir,
+        {
+            "api": {"base_url": sim_url},
+            "store": {
+                "backend": "redis",
+                "redis_url": redis_url,
+                "retention_seconds": retention,
+            },
+            "log_level": "info",
+        },
+        KEY,
+    )
+    exporter.env[TOKEN_ENV] = TOKEN
+    return exporter
 
 
 def main() -> int:
@@ -806,6 +876,9 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=300)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--old-sample", type=int, default=20_000)
+    parser.add_argument(
+        "--poll-batches", type=int, default=200, help="Redis: due/apply batches of 50 timed"
+    )
     parser.add_argument(
         "--prune-runs", type=int, default=2, help="SQLite: prunes per duty cycle (noise)"
     )

@@ -151,49 +151,57 @@ _LIST_INDEXES = (
 )
 # Tasks per model (in flight, finished, failed, completed with a duration), kept
 # by triggers like the status counts: the status page and `models()` read a few
-# rows instead of grouping every task. '' stands for no model.
-_MODEL_COUNTS = """
+# rows instead of grouping every task. '' stands for no model. What a row counts
+# for is said once (`_MODEL_COUNTED`, `{row}` being NEW, OLD or the table); the
+# triggers and the first count are generated from it. Files that already have
+# the table keep their triggers: the generated ones do the same.
+_MODEL_COUNTED = {
+    "active": "{row}finished_at IS NULL",
+    "finished": "{row}finished_at IS NOT NULL",
+    "failed": "{row}status = 'failed'",
+    "timed": "{row}status = 'completed' AND {row}duration_seconds IS NOT NULL",
+}
+
+
+def _model_count_add(row: str) -> str:
+    columns = ", ".join(_MODEL_COUNTED)
+    values = ", ".join(f"({what.format(row=row + '.')})" for what in _MODEL_COUNTED.values())
+    sums = ", ".join(f"{name} = {name} + excluded.{name}" for name in _MODEL_COUNTED)
+    return (
+        f"INSERT INTO model_counts (model, {columns})"
+        f" VALUES (COALESCE({row}.model, ''), {values})"
+        f" ON CONFLICT (model) DO UPDATE SET {sums};"
+    )
+
+
+def _model_count_remove(row: str) -> str:
+    less = ", ".join(
+        f"{name} = {name} - ({what.format(row=row + '.')})" for name, what in _MODEL_COUNTED.items()
+    )
+    return f"UPDATE model_counts SET {less} WHERE model = COALESCE({row}.model, '');"
+
+
+_MODEL_SUMS = ", ".join(f"SUM({what.format(row='')})" for what in _MODEL_COUNTED.values())
+_MODEL_COUNTS = f"""
 CREATE TABLE model_counts (
     model TEXT PRIMARY KEY,
-    active INTEGER NOT NULL,
-    finished INTEGER NOT NULL,
-    failed INTEGER NOT NULL,
-    timed INTEGER NOT NULL
+    {", ".join(f"{name} INTEGER NOT NULL" for name in _MODEL_COUNTED)}
 );
 CREATE TRIGGER tasks_model_insert AFTER INSERT ON tasks BEGIN
-    INSERT INTO model_counts (model, active, finished, failed, timed)
-    VALUES (COALESCE(NEW.model, ''), NEW.finished_at IS NULL, NEW.finished_at IS NOT NULL,
-        NEW.status = 'failed', NEW.status = 'completed' AND NEW.duration_seconds IS NOT NULL)
-    ON CONFLICT (model) DO UPDATE SET active = active + excluded.active,
-        finished = finished + excluded.finished, failed = failed + excluded.failed,
-        timed = timed + excluded.timed;
+    {_model_count_add("NEW")}
 END;
 CREATE TRIGGER tasks_model_delete AFTER DELETE ON tasks BEGIN
-    UPDATE model_counts SET active = active - (OLD.finished_at IS NULL),
-        finished = finished - (OLD.finished_at IS NOT NULL),
-        failed = failed - (OLD.status = 'failed'),
-        timed = timed - (OLD.status = 'completed' AND OLD.duration_seconds IS NOT NULL)
-    WHERE model = COALESCE(OLD.model, '');
+    {_model_count_remove("OLD")}
 END;
 CREATE TRIGGER tasks_model_update AFTER UPDATE OF model, status, finished_at, duration_seconds
 ON tasks WHEN OLD.model IS NOT NEW.model OR OLD.status IS NOT NEW.status
     OR OLD.finished_at IS NOT NEW.finished_at
     OR OLD.duration_seconds IS NOT NEW.duration_seconds BEGIN
-    UPDATE model_counts SET active = active - (OLD.finished_at IS NULL),
-        finished = finished - (OLD.finished_at IS NOT NULL),
-        failed = failed - (OLD.status = 'failed'),
-        timed = timed - (OLD.status = 'completed' AND OLD.duration_seconds IS NOT NULL)
-    WHERE model = COALESCE(OLD.model, '');
-    INSERT INTO model_counts (model, active, finished, failed, timed)
-    VALUES (COALESCE(NEW.model, ''), NEW.finished_at IS NULL, NEW.finished_at IS NOT NULL,
-        NEW.status = 'failed', NEW.status = 'completed' AND NEW.duration_seconds IS NOT NULL)
-    ON CONFLICT (model) DO UPDATE SET active = active + excluded.active,
-        finished = finished + excluded.finished, failed = failed + excluded.failed,
-        timed = timed + excluded.timed;
+    {_model_count_remove("OLD")}
+    {_model_count_add("NEW")}
 END;
-INSERT INTO model_counts (model, active, finished, failed, timed)
-SELECT COALESCE(model, ''), SUM(finished_at IS NULL), SUM(finished_at IS NOT NULL),
-    SUM(status = 'failed'), SUM(status = 'completed' AND duration_seconds IS NOT NULL)
+INSERT INTO model_counts (model, {", ".join(_MODEL_COUNTED)})
+SELECT COALESCE(model, ''), {_MODEL_SUMS}
 FROM tasks GROUP BY COALESCE(model, '');
 """
 # Rows deleted per prune transaction. Between batches the prune pauses so that
@@ -327,6 +335,7 @@ class SqliteTaskStore:
         self._lock = threading.Lock()
         self._closing = False
         self._closed = threading.Event()  # wakes a prune's pause at shutdown
+        self._clock = time.monotonic  # times the prune's batches
         self._medians: dict[str | None, float] = {}
         self._medians_at = -float("inf")
         self._medians_lock = threading.Lock()
@@ -581,9 +590,9 @@ class SqliteTaskStore:
                 if self._closing:  # shutting down: the rest waits for the next start
                     return removed
                 ids = due[start : start + batch]
-                began = time.monotonic()
+                began = self._clock()
                 removed += self._prune_batch(ids, finished_before)
-                self._closed.wait(prune_pause(time.monotonic() - began, self.prune_duty_cycle))
+                self._closed.wait(prune_pause(self._clock() - began, self.prune_duty_cycle))
             if len(due) < PRUNE_ROUND:
                 break
         if removed:
