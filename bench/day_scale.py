@@ -381,7 +381,7 @@ def prune_run(
     exporter.start(ready_timeout=600)
     try:
         before = requests_sent(exporter.url), time.monotonic()
-        rest = scrapes(exporter.url, args.scrapes)
+        rest = scrapes(exporter.url, args.baseline_scrapes)
         after = requests_sent(exporter.url), time.monotonic()
         rest_rate = (after[0] - before[0]) / (after[1] - before[1])
     finally:
@@ -878,6 +878,12 @@ def main() -> int:
     parser.add_argument("--old-sample", type=int, default=20_000)
     parser.add_argument(
         "--poll-batches", type=int, default=200, help="Redis: due/apply batches of 50 timed"
+    )
+    parser.add_argument(
+        "--baseline-scrapes",
+        type=int,
+        default=1000,
+        help="SQLite: scrapes at rest before each prune run (its p99 is the ratio's base)",
     )
     parser.add_argument(
         "--prune-runs", type=int, default=2, help="SQLite: prunes per duty cycle (noise)"
