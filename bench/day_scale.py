@@ -1,6 +1,12 @@
 """A day of a large account: 1.5 million tasks in the store, without a stall.
 
-    python -m bench.day_scale [--tasks 1500000] [--unfinished 100000] [--backend sqlite redis]
+    python -m bench.day_scale
+
+reproduces every figure of docs/benchmarks.md's day-scale section (SQLite,
+then Redis; about 50 minutes on 2 cores). Knobs: `--tasks` (1,500,000),
+`--unfinished` (100,000), `--backend sqlite redis`, `--duty-cycle` and
+`--prune-runs` (SQLite prune runs: each duty cycle, alternated, that many
+times), `--help` for the rest.
 
 About 1,000 tasks a minute for a day: `--tasks` in the store, of which
 `--unfinished` are in flight (created on an in-process simulator at time scale
@@ -14,21 +20,29 @@ inserted into its tables, so its counts are what `apply` would have left):
 - rest: the exporter started on the store (retention 48 h: nothing to prune);
   first HTTP answer and `/-/ready`; `/metrics` p50/p99 over `--scrapes`
   sequential scrapes; the same while `--clients` clients reload `/status`
-  without pause; `/status` p50/p99 as those clients saw it; the task API's
-  filtered list pages (first page and a page deep in, by cursor); RSS.
-- prune: the exporter restarted with a 12 h retention, so its start-up prune
-  forgets half the finished tasks: ready, the prune's length (from the log),
-  every scrape during it (the longest), polls per second during it against at
-  rest, the WAL after it.
-- then, in this process on the same file, the store's old queries (as they
-  were before the day-scale work) against today's methods: ratios.
+  without pause, and once a second; `/status` p50/p99 as those clients saw
+  it; the task API's filtered list pages (first page and a page deep in, by
+  cursor); RSS.
+- prune runs, each on a fresh copy of that file: `--baseline-scrapes` scrapes
+  at rest (retention 48 h), then the exporter restarted with a 12 h retention,
+  so its start-up prune forgets half the finished tasks, scraped all through
+  it: ready, the prune's length and rows a second (from the log), `/metrics`
+  p99 during it over p99 at rest (also leaving out the scrapes during the
+  start-up quick_check), polls per second, the WAL after it, and the load
+  average before and after (the machine is shared: compare runs of one
+  command, not absolute times).
+- then, in this process on the last run's file, the store's old queries (as
+  they were before the day-scale work) against today's methods: ratios.
 
-Redis (`--backend redis`, a redis-server started here): the same tasks written
-with `RedisTaskStore.restore` (what the scripts leave); bytes per finished
-task; list filters, the latest failures, summaries; a prune of half the
-finished tasks and the longest read during it. The old layout's bytes per
-finished task are measured in the same run by writing `--old-sample` tasks
-with the store module as it was (`git show REV:exporter/store/redis.py`).
+Redis (`--backend redis`, a redis-server started here): the same finished
+tasks written with `RedisTaskStore.restore` (what the scripts leave), the
+unfinished ones created on the simulator; bytes per finished task; the
+exporter on it through HTTP like SQLite's (ready, `/metrics`, `/status` under
+load, the task API's list pages); the poll path in batches of 50 (`due`, then
+`apply` for each); the exporter's start-up prune of half the finished tasks,
+scraped through; a few reads in-process. The old layout's bytes per finished
+task are measured in the same run by writing `--old-sample` tasks with the
+store module as it was (`git show REV:exporter/store/redis.py`).
 """
 
 from __future__ import annotations

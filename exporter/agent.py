@@ -37,7 +37,7 @@ from exporter.poller.handler import OutcomeHandler
 from exporter.poller.learning import DurationLearning
 from exporter.poller.ratecontrol import RateController
 from exporter.poller.ratelimit import AccountShare, Budget
-from exporter.poller.scheduler import build_scheduler, in_background
+from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
@@ -163,8 +163,7 @@ class Agent:
             [
                 ("discovery", self.discover, config.discovery.interval_seconds),
                 ("poll", self.poll, polling.cycle_interval_seconds),
-                # Yields the CPU to scrapes and polls (a backlog takes minutes).
-                ("prune", in_background(self.prune), PRUNE_INTERVAL_SECONDS),
+                ("prune", self.prune, PRUNE_INTERVAL_SECONDS),
             ]
         )
         self._stopped = threading.Event()

@@ -1,22 +1,16 @@
-"""The prune's duty cycle (the pause after each batch, from the config to the
-store, and what it means for a prune, counted on a fake clock, not timed) and
-its lower CPU priority."""
+"""The prune's duty cycle: the pause after each batch, from the config to the
+store, and what it means for a prune (counted on a fake clock, not timed)."""
 
 from __future__ import annotations
 
-import os
 import random
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from exporter.backends import open_backend
 from exporter.config import ConfigError, load_config
-from exporter.poller.scheduler import BACKGROUND_NICE, in_background
 from exporter.store import sqlite as sqlite_store
-from exporter.store.guard import StoreUnavailable
 from exporter.store.sqlite import PRUNE_PAUSE_SECONDS, SqliteTaskStore, prune_pause
 from tests.store.test_sqlite_scale import everything, seed
 
@@ -72,31 +66,3 @@ def test_prune_pauses_after_each_batch_for_its_share(tmp_path: Path) -> None:
     assert len(pauses) == -(-len(gone) // 50)  # one after each batch
     assert pauses == pytest.approx([0.16] * len(pauses))
     store.close()
-
-
-def test_background_job_runs_in_its_own_thread_at_a_lower_priority() -> None:
-    """The prune job's wrapper: what the job returns or raises reaches the
-    caller, and (Linux) the job's thread is nicer than the caller's, which
-    keeps its own priority."""
-    seen: dict[str, int] = {}
-
-    def job() -> str:
-        seen["thread"] = threading.get_native_id()
-        if sys.platform == "linux":
-            seen["nice"] = os.getpriority(os.PRIO_PROCESS, seen["thread"])
-        return "done"
-
-    mine = (
-        os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform == "linux" else 0
-    )
-    assert in_background(job)() == "done"
-    assert seen["thread"] != threading.get_native_id()
-    if sys.platform == "linux":
-        assert seen["nice"] == min(19, mine + BACKGROUND_NICE)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
-
-    def failing() -> None:
-        raise StoreUnavailable("the store fails")
-
-    with pytest.raises(StoreUnavailable, match="the store fails"):
-        in_background(failing)()
