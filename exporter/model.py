@@ -43,6 +43,16 @@ def valid_task_id(task_id: str) -> bool:
     return bool(TASK_ID_PATTERN.fullmatch(task_id))  # `$` alone would accept a final newline
 
 
+# The account of every task when the config lists no `accounts:` (one key).
+DEFAULT_ACCOUNT = "default"
+# An account's name: a metric label value and part of Redis key names, so short and plain.
+ACCOUNT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def valid_account(name: str) -> bool:
+    return bool(ACCOUNT_PATTERN.fullmatch(name))
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoveredTask:
     """A task ID offered by a discovery source."""
@@ -51,6 +61,7 @@ class DiscoveredTask:
     source: str
     model: str | None = None
     poll_url: str | None = None  # a path on the API base, checked by discovery
+    account: str = DEFAULT_ACCOUNT  # whose key polls it (config `accounts:`)
 
 
 @dataclass(slots=True)
@@ -79,6 +90,7 @@ class Task:
     # true (upstream `updated`, or ours): adaptive polling extrapolates from it.
     progress: float | None = None
     progress_at: float | None = None
+    account: str = DEFAULT_ACCOUNT  # whose key polls it; never changes
 
 
 # A task's fields, in the one order every store uses (SQLite's columns, rows).

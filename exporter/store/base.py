@@ -43,8 +43,9 @@ class FinishLabels:
 class PollStore(Protocol):
     """What the poll loop and the outcome handler use: pick due tasks, store answers."""
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first; with `account`,
+        only that account's (None: every task, as with one account)."""
         ...
 
     def apply(

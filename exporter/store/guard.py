@@ -243,8 +243,10 @@ class StoreGuard:
         offered = list(tasks)
         return self._run("add", lambda: self.inner.add(offered, now, source_state))
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        return self._run("read", lambda: self.inner.due(now, limit))
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        if account is None:
+            return self._run("read", lambda: self.inner.due(now, limit))
+        return self._run("read", lambda: self.inner.due(now, limit, account))
 
     def apply(
         self,

@@ -61,6 +61,7 @@ import redis
 
 from exporter.model import (
     ACTIVE_STATUSES,
+    DEFAULT_ACCOUNT,
     FINISHED_STATUSES,
     DiscoveredTask,
     Status,
@@ -94,6 +95,12 @@ local function pm_rem(p, model, id)
   redis.call('ZREM', key, id)
   if redis.call('EXISTS', key) == 0 then redis.call('SREM', p .. 'pms', model) end
 end
+-- The unfinished tasks of an account by next poll: `q` for the one account of a
+-- config without `accounts:` (the key of older versions), `q:<account>` for the others.
+local function qkey(p, account)
+  if account and account ~= '' and account ~= 'default' then return p .. 'q:' .. account end
+  return p .. 'q'
+end
 local CODE = {unknown = 'u', pending = 'p', processing = 'r', completed = 'c', failed = 'f',
   cancelled = 'x', expired = 'e', timeout = 't'}
 local function dur_key(d)
@@ -116,7 +123,7 @@ _ADD = (
     + """
 local p, now = ARGV[1], ARGV[2]
 local added = {}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local id = ARGV[i]
   local key = p .. 't:' .. id
   if redis.call('EXISTS', key) == 0 then
@@ -127,12 +134,13 @@ for i = 5, #ARGV, 4 do
       redis.call('SADD', p .. 'ms', model)
     end
     if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'u', ARGV[i + 3]) end
-    redis.call('ZADD', p .. 'q', now, id)
+    if ARGV[i + 4] ~= '' then redis.call('HSET', key, 'ac', ARGV[i + 4]) end
+    redis.call('ZADD', qkey(p, ARGV[i + 4]), now, id)
     redis.call('ZADD', p .. 'a:unknown', now, id)
     ix_add(p, 'unknown', model, id)
     redis.call('HINCRBY', p .. 'n', 'unknown', 1)
     redis.call('HINCRBY', p .. 'ma', model, 1)
-    added[#added + 1] = (i - 5) / 4
+    added[#added + 1] = (i - 5) / 5
   end
 end
 if ARGV[3] ~= '' then redis.call('HSET', p .. 'source_state', ARGV[3], ARGV[4]) end
@@ -140,21 +148,25 @@ return added
 """
 )
 
-# Due tasks not leased to another replica, most overdue first; leases them to us.
-_DUE = """
+# Due tasks (of one account's queue) not leased to another replica, most overdue
+# first; leases them to us.
+_DUE = (
+    _LUA_HELPERS
+    + """
 local p, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local me, lease_until = ARGV[4], ARGV[5]
+local q = qkey(p, ARGV[6])
 local taken = {}
 local offset = 0
 while #taken < limit do
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'q', '-inf', ARGV[2], 'LIMIT', offset, limit)
+  local ids = redis.call('ZRANGEBYSCORE', q, '-inf', ARGV[2], 'LIMIT', offset, limit)
   if #ids == 0 then break end
   offset = offset + #ids
   for _, id in ipairs(ids) do
     local key = p .. 't:' .. id
     local lease = redis.call('HMGET', key, 'st', 'o', 'l')
     if not lease[1] then
-      redis.call('ZREM', p .. 'q', id)
+      redis.call('ZREM', q, id)
       offset = offset - 1
     elseif (not lease[2]) or lease[2] == me or tonumber(lease[3]) <= now then
       redis.call('HSET', key, 'o', me, 'l', lease_until)
@@ -170,6 +182,7 @@ for i, id in ipairs(taken) do
 end
 return out
 """
+)
 
 # One poll's result. The terminal record is a compare-and-set: a task that is
 # gone or already finished is left alone and 0 comes back; so does one that
@@ -180,7 +193,8 @@ _APPLY = (
 local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local active, next_poll_at = ARGV[7], ARGV[8]
 local key = p .. 't:' .. id
-local cur = redis.call('HMGET', key, 'st', 'f', 'o', 'l', 'd', 'm', 'h')
+local cur = redis.call('HMGET', key, 'st', 'f', 'o', 'l', 'd', 'm', 'h', 'ac')
+local q = qkey(p, cur[8])
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
 local old_model = cur[6] or ''
@@ -226,7 +240,7 @@ if finishing == '1' then
   if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
   redis.call('HSET', key, 'f', now, 'fb', me)
   redis.call('HDEL', key, 'n', 'p', 'pa')
-  redis.call('ZREM', p .. 'q', id)
+  redis.call('ZREM', q, id)
   redis.call('ZREM', p .. 'a:' .. status, id)
   redis.call('ZADD', p .. 'fin:' .. status, now, id)
   redis.call('HINCRBY', p .. 'ma', model, -1)
@@ -237,7 +251,7 @@ if finishing == '1' then
     redis.call('HINCRBY', p .. 'dur:' .. model, dur_key(du), 1)
   end
 else
-  redis.call('ZADD', p .. 'q', next_poll_at, id)
+  redis.call('ZADD', q, next_poll_at, id)
   if active == '1' then
     local created = redis.call('HGET', key, 'c') or cur[5]
     redis.call('ZADD', p .. 'a:' .. status, created, id)
@@ -276,7 +290,7 @@ _REMOVE = (
     + """
 local p, id = ARGV[1], ARGV[2]
 local key = p .. 't:' .. id
-local cur = redis.call('HMGET', key, 'st', 'm', 'f', 'du')
+local cur = redis.call('HMGET', key, 'st', 'm', 'f', 'du', 'ac')
 local status = cur[1]
 if not status then return 0 end
 local model = cur[2] or ''
@@ -289,7 +303,8 @@ else
   redis.call('HINCRBY', p .. 'ma', model, -1)
 end
 redis.call('DEL', key)
-for _, index in ipairs({'q', 'fin:' .. status, 'a:' .. status}) do
+redis.call('ZREM', qkey(p, cur[5]), id)
+for _, index in ipairs({'fin:' .. status, 'a:' .. status}) do
   redis.call('ZREM', p .. index, id)
 end
 return 1
@@ -322,6 +337,7 @@ FIELDS = {
     "last_error": "le",
     "progress": "p",
     "progress_at": "pa",
+    "account": "ac",  # none: the default account (and every task of older versions)
 }
 # Status codes of the history field `h` ("<previous><status><seconds since discovery>").
 _CODES = {
@@ -463,6 +479,7 @@ def _task(task_id: str, fields: dict[str, str]) -> Task:
         discovered_at=float(fields["d"]),
         # A finished task has no `n`: its next poll reads as its finish.
         next_poll_at=float(fields.get("n") or fields.get("f") or fields["d"]),
+        account=fields.get("ac") or DEFAULT_ACCOUNT,
         **values,
     )
 
@@ -557,12 +574,14 @@ class RedisTaskStore:
             return []
         args = [self.prefix, _text(now), *(source_state or ("", ""))]
         for task in offered:
-            args += [task.task_id, task.source, task.model or "", task.poll_url or ""]
+            account = "" if task.account == DEFAULT_ACCOUNT else task.account
+            args += [task.task_id, task.source, task.model or "", task.poll_url or "", account]
         indexes = cast(list[int], self._add(args=args))
         return [offered[int(i)] for i in indexes]
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first, leased to us."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first, leased to us;
+        with `account`, that account's (one sorted set per account: no filtering)."""
         if limit <= 0:
             return []
         rows = cast(
@@ -574,6 +593,7 @@ class RedisTaskStore:
                     str(limit),
                     self.replica_id,
                     _text(now + self.lease_seconds),
+                    account or "",
                 ]
             ),
         )
@@ -846,6 +866,8 @@ class RedisTaskStore:
             }
             fields["status"] = task.status.value
             fields["attempts"] = str(task.attempts)
+            if task.account == DEFAULT_ACCOUNT:
+                fields["account"] = ""  # no field: the default account
             if not task.consecutive_errors:
                 fields["consecutive_errors"] = ""
             args = [
@@ -908,7 +930,7 @@ for i = 6, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
 if history ~= '' then redis.call('HSET', key, 'h', history) end
-local t = redis.call('HMGET', key, 'st', 'm', 'n', 'f', 'du')
+local t = redis.call('HMGET', key, 'st', 'm', 'n', 'f', 'du', 'ac')
 local status, model = t[1], t[2] or ''
 if model ~= '' then redis.call('SADD', p .. 'ms', model) end
 ix_add(p, status, model, id)
@@ -922,7 +944,7 @@ if finished == '1' then
   end
 else
   redis.call('HINCRBY', p .. 'ma', model, 1)
-  redis.call('ZADD', p .. 'q', t[3], id)
+  redis.call('ZADD', qkey(p, t[6]), t[3], id)
   redis.call('ZADD', p .. 'a:' .. status, created, id)
   if status == 'processing' then
     redis.call('ZADD', p .. 'pm:' .. model, created, id)

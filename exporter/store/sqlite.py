@@ -20,6 +20,7 @@ from typing import Any
 from exporter.model import (
     ACTIVE_STATUSES,
     APPLIED_FIELDS,
+    DEFAULT_ACCOUNT,
     TASK_FIELDS,
     DiscoveredTask,
     Status,
@@ -211,7 +212,18 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WRITER_CACHE_KIB = 64 * 1024
 
 # Columns added after the first release: (name, type), added to older files on open.
-_ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
+_ADDED_COLUMNS = (
+    ("progress", "REAL"),
+    ("progress_at", "REAL"),
+    # Older files' tasks belong to the one account they had: `default`.
+    ("account", f"TEXT NOT NULL DEFAULT '{DEFAULT_ACCOUNT}'"),
+)
+# Due tasks of one account (several accounts, each polled by its own loop): an
+# index only a store with several accounts pays for on every poll's write.
+_ACCOUNT_DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_account_due ON tasks (account, next_poll_at)"
+    " WHERE finished_at IS NULL"
+)
 # The tasks table's columns are the Task's fields, same names and order (the
 # schema above is what is on disk; a test holds the two together).
 _COLUMNS = ", ".join(TASK_FIELDS)
@@ -251,7 +263,10 @@ class SqliteTaskStore:
     transaction) and a few reader connections that never take that lock: in WAL
     mode readers see the last commit while the writer goes on."""
 
-    def __init__(self, path: Path | str, integrity_check: bool = True) -> None:
+    def __init__(
+        self, path: Path | str, integrity_check: bool = True, per_account: bool = False
+    ) -> None:
+        """`per_account`: several accounts poll, each asking `due` for its own tasks."""
         self.path = str(path)
         if self.path != ":memory:":
             try:
@@ -285,6 +300,8 @@ class SqliteTaskStore:
             self._db.execute(_PROCESSING_INDEX)
             for index in _LIST_INDEXES:
                 self._db.execute(index)
+            if per_account:
+                self._db.execute(_ACCOUNT_DUE_INDEX)
             _add_counts(self._db, "model_counts", _MODEL_COUNTS)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -430,7 +447,8 @@ class SqliteTaskStore:
             for task in tasks:
                 cursor = db.execute(
                     "INSERT INTO tasks (task_id, source, model, poll_url, status, discovered_at,"
-                    " next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " next_poll_at, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (
                         task.task_id,
                         task.source,
@@ -439,6 +457,7 @@ class SqliteTaskStore:
                         Status.UNKNOWN.value,
                         now,
                         now,
+                        task.account,
                     ),
                 )
                 if cursor.rowcount:
@@ -451,14 +470,22 @@ class SqliteTaskStore:
                 )
         return added
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first (of one account
+        if given: an index walk of that account's due tasks)."""
         with self._reading() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL AND next_poll_at <= ?"
-                " ORDER BY next_poll_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            if account is None:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL"
+                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE account = ? AND finished_at IS NULL"
+                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                    (account, now, limit),
+                ).fetchall()
         return [_task(row) for row in rows]
 
     def apply(

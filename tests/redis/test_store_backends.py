@@ -443,3 +443,51 @@ def test_one_replica_at_a_time_reports_the_store_gauges(
     assert not one.reports_store_gauges()
     one.close()
     two.close()
+
+
+@pytest.mark.integration
+def test_each_account_has_its_own_due_tasks(make_store: MakeStore) -> None:
+    store = make_store()
+    store.add(
+        [
+            DiscoveredTask("a1", "api", account="team-a"),
+            DiscoveredTask("b1", "api", account="team-b"),
+            DiscoveredTask("b2", "file", account="team-b"),
+            DiscoveredTask("d1", "file"),
+        ],
+        100.0,
+    )
+    store.close()
+    store = make_store()  # the account survives the round trip
+    assert [t.task_id for t in store.due(100.0, 10, "team-a")] == ["a1"]
+    assert sorted(t.task_id for t in store.due(100.0, 10, "team-b")) == ["b1", "b2"]
+    assert [t.task_id for t in store.due(100.0, 10, "default")] == ["d1"]
+    task = store.get("b1")
+    assert task is not None and task.account == "team-b"
+    # A poll moves the task within its own account's queue only.
+    assert store.apply("b1", update(Status.PROCESSING, next_poll_at=300.0), 101.0, None)
+    assert [t.task_id for t in store.due(200.0, 10, "team-b")] == ["b2"]
+    assert sorted(t.task_id for t in store.due(300.0, 10, "team-b")) == ["b1", "b2"]
+    assert store.due(300.0, 10, "team-a")[0].task_id == "a1"
+    finish = Finish(Status.COMPLETED, duration=10.0)
+    assert store.apply("a1", update(Status.COMPLETED, finish), 102.0, None)
+    assert store.due(400.0, 10, "team-a") == []
+    assert store.remove("b2")
+    assert [t.task_id for t in store.due(400.0, 10, "team-b")] == ["b1"]
+    got = store.get("a1")
+    assert got is not None and got.account == "team-a"
+
+
+@pytest.mark.integration
+def test_tasks_of_the_default_account_keep_the_old_redis_layout(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    store = RedisTaskStore(redis_server.url, prefix="old:", replica_id="r1")
+    store.add([DiscoveredTask("d1", "file"), DiscoveredTask("n1", "file", account="n")], 100.0)
+    assert redis_client.hget("old:t:d1", "ac") is None  # as older versions wrote it
+    assert redis_client.zrange("old:q", 0, -1) == ["d1"]
+    assert redis_client.zrange("old:q:n", 0, -1) == ["n1"]
+    assert [t.task_id for t in store.due(100.0, 10)] == ["d1"]
+    task = store.get("d1")
+    assert task is not None and task.account == "default"
+    store.close()

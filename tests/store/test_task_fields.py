@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from exporter.model import APPLIED_FIELDS, TASK_FIELDS, Task
+from exporter.model import APPLIED_FIELDS, DEFAULT_ACCOUNT, TASK_FIELDS, DiscoveredTask, Task
 from exporter.store.redis import _READ, FIELDS
 from exporter.store.sqlite import SqliteTaskStore
 
@@ -21,10 +21,27 @@ def test_the_sqlite_columns_are_the_task_fields_in_order(tmp_path: Path) -> None
 def test_every_task_field_has_a_redis_hash_field() -> None:
     assert ("task_id", *FIELDS) == TASK_FIELDS
     assert len(set(FIELDS.values())) == len(FIELDS)  # short names never collide
-    required = {"task_id", "source", "status", "discovered_at", "next_poll_at"}
+    required = {"task_id", "source", "status", "discovered_at", "next_poll_at", "account"}
     assert {name for name, _, _ in _READ} | required == set(TASK_FIELDS)
 
 
 def test_a_poll_sets_task_fields_only() -> None:
     assert set(APPLIED_FIELDS) <= set(TASK_FIELDS) - {"task_id", "attempts"}
     assert Task.__dataclass_fields__.keys() == set(TASK_FIELDS)
+
+
+def test_a_store_from_before_accounts_gets_its_tasks_under_the_default_account(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tasks.db"
+    store = SqliteTaskStore(path)
+    store.add([DiscoveredTask("old", "file")], 100.0)
+    store.close()
+    with sqlite3.connect(path) as db:  # the layout before the column existed
+        db.execute("ALTER TABLE tasks DROP COLUMN account")
+    store = SqliteTaskStore(path, per_account=True)
+    task = store.get("old")
+    assert task is not None and task.account == DEFAULT_ACCOUNT
+    assert [t.task_id for t in store.due(100.0, 10, DEFAULT_ACCOUNT)] == ["old"]
+    assert store.due(100.0, 10, "other") == []
+    store.close()
