@@ -381,7 +381,7 @@ DEFAULT_FAILURE_REASONS = (
 # checks the list against what the exporter serves).
 RESERVED_LABELS = frozenset(
     {
-        "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
+        "account", "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
         "state", "status", "version", "job", "instance",
         # the Python runtime's collectors
         "generation", "implementation", "major", "minor", "patchlevel",

@@ -111,8 +111,11 @@ class Recorder:
         budget_rps: float,
         reason_classes: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        model_labels: ModelLabels | None = None,
     ) -> None:
-        self.model_label = ModelLabels(max_models)
+        """`model_labels`: shared by the Recorders of several accounts, so that the
+        cap on model labels is one for all of them."""
+        self.model_label = model_labels or ModelLabels(max_models)
         classes = dict(reason_classes or {})
         self.reason_classes = {r: classes.get(r) or default_failure_class(r) for r in reasons}
         # Model label -> scrape number when it was first known (-1: known at the start).
