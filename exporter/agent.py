@@ -43,6 +43,7 @@ from exporter.poller.ratelimit import AccountShare, Budget
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
+from exporter.proxy.accounts import KeyAccounts
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
 from exporter.store.base import FinishLabels, ModelStatsStore, PollStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
@@ -573,7 +574,15 @@ def serve(
         return 1
     try:
         proxy = (
-            build_proxy(config, agent.store, agent.registration, agent.intake)
+            build_proxy(
+                config,
+                agent.store,
+                agent.registration,
+                agent.intake,
+                KeyAccounts(api_key, agent.registry)
+                if config.accounts and isinstance(api_key, Mapping)
+                else None,
+            )
             if config.proxy.enabled
             else None
         )
