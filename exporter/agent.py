@@ -73,6 +73,18 @@ class AgentHealth:
         return time.monotonic() - reference - self.stall_after
 
 
+def liveness(
+    needs_restart: bool, store_problem: str | None, health: AgentHealth
+) -> tuple[bool, str]:
+    """(alive, why) for /-/live: see `Agent.alive`."""
+    if needs_restart:
+        return False, f"not alive: the task store fails: {store_problem}"
+    stalled = health.stalled_for()
+    if stalled > 0 and store_problem is None:  # a store outage pauses polling
+        return False, f"not alive: no poll cycle finished for {stalled + health.stall_after:.0f} s"
+    return True, "Alive"
+
+
 class Agent:
     def __init__(self, config: Config, api_key: SecretStr, config_source: str = "") -> None:
         self.config = config
@@ -219,6 +231,16 @@ class Agent:
         except Exception as exc:
             return False, f"unhealthy: the task store cannot be read: {type(exc).__name__}"
         return True, "Healthy"
+
+    def alive(self) -> tuple[bool, str]:
+        """For a liveness probe: False only where restarting the process helps.
+
+        A store that fails for a cause outside the process (Redis down, a full
+        disk) heals by itself and polling resumes with it: a restart would only
+        lose /metrics and the reason meanwhile (and, with Redis, fail to start).
+        /-/healthy still says 503 for those."""
+        guard = self.store_guard
+        return liveness(guard.needs_restart(), guard.problem(), self.health)
 
     def ready(self) -> tuple[bool, str]:
         if self.health.shutting_down:
