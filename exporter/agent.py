@@ -118,6 +118,18 @@ class AccountDue:
         return self._store.apply(task_id, update, now, reason, labels)
 
 
+def liveness(
+    needs_restart: bool, store_problem: str | None, health: AgentHealth
+) -> tuple[bool, str]:
+    """(alive, why) for /-/live: see `Agent.alive`."""
+    if needs_restart:
+        return False, f"not alive: the task store fails: {store_problem}"
+    stalled = health.stalled_for()
+    if stalled > 0 and store_problem is None:  # a store outage pauses polling
+        return False, f"not alive: no poll cycle finished for {stalled + health.stall_after:.0f} s"
+    return True, "Alive"
+
+
 class Agent:
     def __init__(
         self,
@@ -352,6 +364,20 @@ class Agent:
         except Exception as exc:
             return False, f"unhealthy: the task store cannot be read: {type(exc).__name__}"
         return True, "Healthy"
+
+    def alive(self) -> tuple[bool, str]:
+        """For a liveness probe: False only where restarting the process helps.
+
+        A store that fails for a cause outside the process (Redis down, a full
+        disk) heals by itself and polling resumes with it: a restart would only
+        lose /metrics and the reason meanwhile (and, with Redis, fail to start).
+        /-/healthy still says 503 for those."""
+        guard = self.store_guard
+        for loop in self.loops:  # every account's loop must keep running
+            alive, why = liveness(guard.needs_restart(), guard.problem(), loop.health)
+            if not alive:
+                return alive, f"{why} (account {loop.name})" if self.config.accounts else why
+        return True, "Alive"
 
     def ready(self) -> tuple[bool, str]:
         if self._stopped.is_set():

@@ -31,6 +31,10 @@ class HealthView(Protocol):
 
     def healthy(self) -> tuple[bool, str]: ...
 
+    def alive(self) -> tuple[bool, str]:
+        """Whether a restart would help: what a liveness probe asks."""
+        ...
+
     def ready(self) -> tuple[bool, str]: ...
 
     def summary(self) -> dict[str, int]:
@@ -60,6 +64,8 @@ def build_app(
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/-/healthy":
             return _plain(start_response, *health.healthy())
+        if path == "/-/live":
+            return _plain(start_response, *health.alive())
         if path == "/-/ready":
             return _plain(start_response, *health.ready())
         if path == "/":
@@ -95,6 +101,7 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
 <li><a href="metrics">Metrics</a></li>
 <li><a href="status">Status of the tasks</a></li>
 <li><a href="-/healthy">Health</a></li>
+<li><a href="-/live">Liveness</a></li>
 <li><a href="-/ready">Readiness</a></li>
 </ul>
 <h2>Tasks in the store</h2>

@@ -29,6 +29,9 @@ class Health:
     def healthy(self) -> tuple[bool, str]:
         return True, "ok"
 
+    def alive(self) -> tuple[bool, str]:
+        return True, "ok"
+
     def ready(self) -> tuple[bool, str]:
         return True, "ok"
 
