@@ -162,6 +162,7 @@ class Agent:
                 self.store,
                 recorder=self.recorder,
                 reports=lambda: guard.read(backend.reports_store_gauges),
+                accounts=config.account_names if config.accounts else None,
             )
         )
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))

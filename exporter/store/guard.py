@@ -272,6 +272,9 @@ class StoreGuard:
     def count_by_status(self) -> dict[Status, int]:
         return self._run("read", self.inner.count_by_status)
 
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        return self._run("read", self.inner.count_by_account)
+
     def oldest_active(self) -> dict[Status, float]:
         return self._run("read", self.inner.oldest_active)
 

@@ -68,7 +68,7 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, counts_by_account
 from exporter.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,13 @@ end
 local function qkey(p, account)
   if account and account ~= '' and account ~= 'default' then return p .. 'q:' .. account end
   return p .. 'q'
+end
+-- Tasks by account and status, for the accounts other than the default one (`na`,
+-- fields '<account>\t<status>'): the default's are the status counts `n` less these.
+local function na_add(p, account, status, by)
+  if account and account ~= '' and account ~= 'default' then
+    redis.call('HINCRBY', p .. 'na', account .. '\t' .. status, by)
+  end
 end
 local CODE = {unknown = 'u', pending = 'p', processing = 'r', completed = 'c', failed = 'f',
   cancelled = 'x', expired = 'e', timeout = 't'}
@@ -135,6 +142,7 @@ for i = 5, #ARGV, 5 do
     end
     if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'u', ARGV[i + 3]) end
     if ARGV[i + 4] ~= '' then redis.call('HSET', key, 'ac', ARGV[i + 4]) end
+    na_add(p, ARGV[i + 4], 'unknown', 1)
     redis.call('ZADD', qkey(p, ARGV[i + 4]), now, id)
     redis.call('ZADD', p .. 'a:unknown', now, id)
     ix_add(p, 'unknown', model, id)
@@ -216,6 +224,8 @@ end
 if cur[1] ~= status then
   redis.call('HINCRBY', p .. 'n', cur[1], -1)
   redis.call('HINCRBY', p .. 'n', status, 1)
+  na_add(p, cur[8], cur[1], -1)
+  na_add(p, cur[8], status, 1)
   redis.call('ZREM', p .. 'a:' .. cur[1], id)
   -- history: 'PS<seconds since discovery>' per change (previous, status codes)
   local since = (string.format('%.3f', tonumber(now) - tonumber(cur[5])):gsub('%.?0+$', ''))
@@ -271,10 +281,11 @@ local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
   tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   local key = p .. 't:' .. id
-  local cur = redis.call('HMGET', key, 'st', 'm', 'du')
+  local cur = redis.call('HMGET', key, 'st', 'm', 'du', 'ac')
   if cur[1] then
     local model = cur[2] or ''
     redis.call('HINCRBY', p .. 'n', cur[1], -1)
+    na_add(p, cur[4], cur[1], -1)
     ix_rem(p, cur[1], model, id)
     forget_finished(p, model, cur[1], cur[3])
     redis.call('DEL', key)
@@ -296,6 +307,7 @@ if not status then return 0 end
 local model = cur[2] or ''
 if status == 'processing' then pm_rem(p, model, id) end
 redis.call('HINCRBY', p .. 'n', status, -1)
+na_add(p, cur[5], status, -1)
 ix_rem(p, status, model, id)
 if cur[3] then
   forget_finished(p, model, status, cur[4])
@@ -658,6 +670,18 @@ class RedisTaskStore:
         counts = cast(dict[str, str], self.client.hgetall(self._key("n")))
         return {Status(status): int(n) for status, n in counts.items() if int(n) > 0}
 
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        """Tasks by account and status, from the counters (one MULTI: one moment)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self._key("n"))
+        pipe.hgetall(self._key("na"))
+        totals, named = cast(list[dict[str, str]], pipe.execute())
+        rows = []
+        for field, n in named.items():
+            account, _, status = field.partition("\t")
+            rows.append((account, status, int(n)))
+        return counts_by_account([(s, int(n)) for s, n in totals.items()], rows)
+
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""
         pipe = self.client.pipeline(transaction=False)
@@ -935,6 +959,7 @@ local status, model = t[1], t[2] or ''
 if model ~= '' then redis.call('SADD', p .. 'ms', model) end
 ix_add(p, status, model, id)
 redis.call('HINCRBY', p .. 'n', status, 1)
+na_add(p, t[6], status, 1)
 if finished == '1' then
   redis.call('ZADD', p .. 'fin:' .. status, t[4], id)
   redis.call('HINCRBY', p .. 'mf', model, 1)

@@ -27,7 +27,7 @@ from exporter.model import (
     Task,
     TaskUpdate,
 )
-from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, counts_by_account
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -197,6 +197,32 @@ SELECT COALESCE(model, ''), SUM(finished_at IS NULL), SUM(finished_at IS NOT NUL
     SUM(status = 'failed'), SUM(status = 'completed' AND duration_seconds IS NOT NULL)
 FROM tasks GROUP BY COALESCE(model, '');
 """
+# Tasks by account and status, for the accounts other than `default` (whose
+# counts are the status counts less these), kept by triggers like the status
+# counts; made when several accounts are configured, counted from the tasks then.
+_ACCOUNT_COUNTS = """
+CREATE TABLE account_counts (
+    account TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (account, status)
+) WITHOUT ROWID;
+CREATE TRIGGER tasks_account_insert AFTER INSERT ON tasks WHEN NEW.account != 'default' BEGIN
+    INSERT INTO account_counts (account, status, n) VALUES (NEW.account, NEW.status, 1)
+    ON CONFLICT (account, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_account_delete AFTER DELETE ON tasks WHEN OLD.account != 'default' BEGIN
+    UPDATE account_counts SET n = n - 1 WHERE account = OLD.account AND status = OLD.status;
+END;
+CREATE TRIGGER tasks_account_update AFTER UPDATE OF status ON tasks
+WHEN OLD.status IS NOT NEW.status AND NEW.account != 'default' BEGIN
+    UPDATE account_counts SET n = n - 1 WHERE account = OLD.account AND status = OLD.status;
+    INSERT INTO account_counts (account, status, n) VALUES (NEW.account, NEW.status, 1)
+    ON CONFLICT (account, status) DO UPDATE SET n = n + 1;
+END;
+INSERT INTO account_counts (account, status, n)
+SELECT account, status, COUNT(*) FROM tasks WHERE account != 'default' GROUP BY account, status;
+"""
 # Rows deleted per prune transaction: the writer's lock is released between
 # batches (for at least as long as a batch took), so polls and registrations
 # never wait for a whole prune.
@@ -302,6 +328,7 @@ class SqliteTaskStore:
                 self._db.execute(index)
             if per_account:
                 self._db.execute(_ACCOUNT_DUE_INDEX)
+                _add_counts(self._db, "account_counts", _ACCOUNT_COUNTS)
             _add_counts(self._db, "model_counts", _MODEL_COUNTS)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -532,6 +559,19 @@ class SqliteTaskStore:
         with self._reading() as db:
             rows = db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
         return {Status(status): count for status, count in rows}
+
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        """Tasks by account and status, from the count tables (one snapshot, no scan)."""
+        with self._reading() as db:
+            db.execute("BEGIN")
+            totals = db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
+            named = []
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'account_counts'").fetchone():
+                named = db.execute(
+                    "SELECT account, status, n FROM account_counts WHERE n > 0"
+                ).fetchall()
+            db.execute("COMMIT")
+        return counts_by_account(totals, named)
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""

@@ -212,6 +212,10 @@ def test_one_account_in_trouble_never_slows_another(
         assert accounts <= set(KEYS) and "team-a" in accounts, (name, accounts)
     assert all("account" not in s.labels for s in families["lemondata_tasks_discovered"].samples)
     assert by_label(samples, "lemondata_tasks_discovered_total", "source")["team_a"] == 20
+    # The store's gauge, per account: team-b's 10 from its file and 1 from the proxy.
+    tracked = by_label(samples, "lemondata_tasks", "account")
+    assert tracked == {"team-a": 40, "team-b": 11, "team-c": 10}, tracked
+    assert total(samples, "lemondata_tasks", account="team-c", status="unknown") == 10
     assert healthy.status_code == 200, healthy.text
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False

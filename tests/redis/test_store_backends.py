@@ -27,7 +27,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
         client: redis.Redis = request.getfixturevalue("redis_client")
         url = request.getfixturevalue("redis_server").url
 
-        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
+        def make(replica: str = "r1", lease: float = 30.0, per_account: bool = False) -> TaskStore:
             store = RedisTaskStore(url, prefix="t:", replica_id=replica, lease_seconds=lease)
             opened.append(store)
             return store
@@ -35,8 +35,8 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
         assert client.ping()
     else:
 
-        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
-            store = SqliteTaskStore(tmp_path / "store.db")
+        def make(replica: str = "r1", lease: float = 30.0, per_account: bool = False) -> TaskStore:
+            store = SqliteTaskStore(tmp_path / "store.db", per_account=per_account)
             opened.append(store)
             return store
 
@@ -447,7 +447,7 @@ def test_one_replica_at_a_time_reports_the_store_gauges(
 
 @pytest.mark.integration
 def test_each_account_has_its_own_due_tasks(make_store: MakeStore) -> None:
-    store = make_store()
+    store = make_store(per_account=True)
     store.add(
         [
             DiscoveredTask("a1", "api", account="team-a"),
@@ -458,7 +458,12 @@ def test_each_account_has_its_own_due_tasks(make_store: MakeStore) -> None:
         100.0,
     )
     store.close()
-    store = make_store()  # the account survives the round trip
+    store = make_store(per_account=True)  # the account survives the round trip
+    assert store.count_by_account() == {
+        "team-a": {Status.UNKNOWN: 1},
+        "team-b": {Status.UNKNOWN: 2},
+        "default": {Status.UNKNOWN: 1},
+    }
     assert [t.task_id for t in store.due(100.0, 10, "team-a")] == ["a1"]
     assert sorted(t.task_id for t in store.due(100.0, 10, "team-b")) == ["b1", "b2"]
     assert [t.task_id for t in store.due(100.0, 10, "default")] == ["d1"]
@@ -476,6 +481,16 @@ def test_each_account_has_its_own_due_tasks(make_store: MakeStore) -> None:
     assert [t.task_id for t in store.due(400.0, 10, "team-b")] == ["b1"]
     got = store.get("a1")
     assert got is not None and got.account == "team-a"
+    assert store.count_by_account() == {
+        "team-a": {Status.COMPLETED: 1},
+        "team-b": {Status.PROCESSING: 1},
+        "default": {Status.UNKNOWN: 1},
+    }
+    assert store.prune(200.0) == 1  # a1, finished at 102
+    assert store.count_by_account() == {
+        "team-b": {Status.PROCESSING: 1},
+        "default": {Status.UNKNOWN: 1},
+    }
 
 
 @pytest.mark.integration

@@ -5,7 +5,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from exporter.model import APPLIED_FIELDS, DEFAULT_ACCOUNT, TASK_FIELDS, DiscoveredTask, Task
+from exporter.model import (
+    APPLIED_FIELDS,
+    DEFAULT_ACCOUNT,
+    TASK_FIELDS,
+    DiscoveredTask,
+    Status,
+    Task,
+)
 from exporter.store.redis import _READ, FIELDS
 from exporter.store.sqlite import SqliteTaskStore
 
@@ -44,4 +51,19 @@ def test_a_store_from_before_accounts_gets_its_tasks_under_the_default_account(
     assert task is not None and task.account == DEFAULT_ACCOUNT
     assert [t.task_id for t in store.due(100.0, 10, DEFAULT_ACCOUNT)] == ["old"]
     assert store.due(100.0, 10, "other") == []
+    store.close()
+
+
+def test_account_counts_are_made_from_the_tasks_when_accounts_are_configured(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tasks.db"
+    store = SqliteTaskStore(path)  # one account: no account counts kept
+    store.add([DiscoveredTask("a", "api", account="team-a"), DiscoveredTask("d", "file")], 100.0)
+    store.close()
+    store = SqliteTaskStore(path, per_account=True)
+    assert store.count_by_account() == {
+        "team-a": {Status.UNKNOWN: 1},
+        DEFAULT_ACCOUNT: {Status.UNKNOWN: 1},
+    }
     store.close()
