@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from exporter.backends import account_budget_key
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
 from exporter.poller.shared_budget import SharedRequestBudget
 from exporter.store.base import FinishLabels, TaskStore
@@ -292,6 +293,22 @@ def test_shared_budget_spaces_the_whole_group(
     assert 4.5 < a.reserve() <= 5.0
     other_group = SharedRequestBudget(redis_client, rate=10, burst=1, prefix="c:")
     assert other_group.reserve() == 0.0
+
+
+@pytest.mark.integration
+def test_each_account_has_its_own_shared_budget(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    def budget(account: str) -> SharedRequestBudget:
+        return SharedRequestBudget(
+            redis_client, rate=10, burst=1, prefix="acc:", key=account_budget_key(account)
+        )
+
+    a_here, a_there, b = budget("team-a"), budget("team-a"), budget("team-b")
+    a_here.pause_for(5)  # team-a's 429: every replica of the group waits, for team-a only
+    assert 4.5 < a_there.reserve() <= 5.0
+    assert b.reserve() == 0.0
+    assert redis_client.exists("acc:acct:team-a:budget:pause", "acc:acct:team-b:budget") == 2
 
 
 # ---- listing, history and removal (the task API and the status page) --------

@@ -245,3 +245,56 @@ def test_check_config_lists_the_accounts_and_whether_each_key_is_there(tmp_path:
     assert f"  account team-b: key from {key_file} (found), at most 2 requests/s" in result.summary
     found = check_everything(str(config), environ={"KEY_A": "sk-a-secret"})
     assert found.warnings == [] and "secret" not in "\n".join(found.summary)
+
+
+def make_agent(tmp_path: Path, data: dict[str, Any], keys: Any) -> Any:
+    from exporter.agent import Agent
+
+    config = parse_config({"store": {"path": str(tmp_path / "store.db")}, **data}, "c.yaml")
+    return Agent(config, keys)
+
+
+def close(agent: Any) -> None:
+    for loop in agent.loops:
+        loop.cycle.stop()
+        loop.client.close()
+    agent.store.close()
+
+
+def test_one_account_serves_no_account_label(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, {}, SecretStr("sk-one"))
+    try:
+        assert [loop.name for loop in agent.loops] == [DEFAULT_ACCOUNT]
+        assert agent.account_registries == {}
+        text = generate_latest(agent.registry).decode()
+        assert "account=" not in text and 'lemondata_tasks{status="unknown"} 0.0' in text
+    finally:
+        close(agent)
+
+
+def test_several_accounts_have_a_loop_and_labelled_series_each(tmp_path: Path) -> None:
+    keys = {"team-a": SecretStr("sk-a"), "team-b": SecretStr("sk-b")}
+    accounts = [TWO[0], {**TWO[1], "requests_per_second": 2}]
+    agent = make_agent(tmp_path, {"accounts": accounts}, keys)
+    try:
+        assert [loop.name for loop in agent.loops] == ["team-a", "team-b"]
+        served = AccountsRegistry(agent.registry, agent.account_registries)
+        text = generate_latest(served).decode()
+        assert 'lemondata_poll_budget_requests_per_second{account="team-a"} 5.0' in text
+        assert 'lemondata_poll_budget_requests_per_second{account="team-b"} 2.0' in text
+        assert 'lemondata_tasks{account="team-b",status="pending"} 0.0' in text
+        assert 'lemondata_api_account_state{account="team-a",state="ok"} 1.0' in text
+        assert "sk-a" not in text and "sk-b" not in text
+        # Ready once every account's loop has run a cycle; healthy while each keeps on.
+        agent.loops[0].health.cycle_finished()
+        assert agent.ready() == (
+            False,
+            "not ready: the first poll cycle of account team-b has not run yet",
+        )
+        agent.loops[1].health.cycle_finished()
+        assert agent.ready() == (True, "Ready")
+        agent.loops[1].health.last_cycle_end = agent.loops[1].health.last_cycle_end - 1000
+        healthy, why = agent.healthy()
+        assert not healthy and why.startswith("unhealthy: no poll cycle of account team-b")
+    finally:
+        close(agent)
