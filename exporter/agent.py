@@ -48,8 +48,9 @@ from exporter.proxy.register import SOURCE as PROXY_SOURCE
 from exporter.store.base import FinishLabels, ModelStatsStore, PollStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
+from exporter.web.httpserver import HttpServer
 from exporter.web.security import WebSecurity
-from exporter.web.server import WebServer, build_app
+from exporter.web.server import build_app
 
 log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 60.0
@@ -590,7 +591,7 @@ def serve(
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
-        web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
+        web = HttpServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
         log.error(

@@ -9,18 +9,16 @@ from __future__ import annotations
 import html
 import logging
 import re
-import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
-from exporter.web.httpserver import HttpServer, ServerLimits, parse_listen_address
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HealthView", "ServerLimits", "WebServer", "build_app", "parse_listen_address"]
+__all__ = ["HealthView", "build_app"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -114,16 +112,3 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
         [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
     )
     return [body]
-
-
-class WebServer(HttpServer):
-    """The exporter's own port: /metrics, health, the landing page and the task API."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        address: str,
-        tls: ssl.SSLContext | None = None,
-        limits: ServerLimits | None = None,
-    ) -> None:
-        super().__init__(app, address, tls=tls, limits=limits, name="web")
