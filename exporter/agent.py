@@ -202,6 +202,8 @@ class Agent:
             self.recorder, [loop.recorder for loop in self.loops]
         )
         self.learning = learning
+        if config.accounts:
+            self._warn_unpolled(config.account_names)
         first = self.loops[0]
         self.client, self.poller, self.cycle = first.client, first.poller, first.cycle
         self._idle_lock = threading.Lock()
@@ -310,6 +312,24 @@ class Agent:
         )
         health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
         return AccountLoop(name, client, poller, recorder, health, registry)
+
+    def _warn_unpolled(self, accounts: tuple[str, ...]) -> None:
+        """Unfinished tasks stored under an account that is no longer configured
+        (e.g. `default`, from before `accounts:`) are polled by no loop: say so once."""
+        try:
+            counts = self.store.count_by_account()
+        except StoreUnavailable:
+            return
+        for account, by_status in sorted(counts.items()):
+            waiting = sum(by_status.get(status, 0) for status in ACTIVE_STATUSES)
+            if account not in accounts and waiting:
+                log.warning(
+                    "%d unfinished task(s) in the store belong to account %s, which is not "
+                    "in accounts:; no loop polls them (name an account %s to poll them)",
+                    waiting,
+                    account,
+                    account,
+                )
 
     def discover(self) -> None:
         if not self.store_guard.usable():

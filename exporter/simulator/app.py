@@ -107,8 +107,10 @@ class Simulator:
         self._limiter = (
             FixedWindowLimiter(limit, limits=own) if limit > 0 or any(own.values()) else None
         )
-        # The key each task was created with: another key's request gets 404, as a
-        # multi-tenant API answers (None: created in-process, visible to every key).
+        # The account each task was created by (a key of `key_limits`, or '' for the
+        # shared account of the other keys): another account's request gets 404, as
+        # a multi-tenant API answers. Tasks made in-process without a key: everyone's.
+        self._own_accounts = frozenset(self.settings.key_limits)
         self._owners: dict[str, str] = {}
         self._revoked: set[str] = set()
         # Fault draws need not be reproducible (threads interleave anyway).
@@ -184,7 +186,8 @@ class Simulator:
         key: str | None = None,
     ) -> dict[str, Any]:
         """Same as the create POST, in-process; keyword overrides force parts of the plan.
-        `key`: the task is that key's (invisible to the others); None: everyone's."""
+        `key`: the task is that key's account's (invisible to other accounts); None:
+        everyone's."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         overrides = PlanOverrides(outcome, reason, lost, pending_seconds, processing_seconds)
@@ -192,8 +195,11 @@ class Simulator:
             model=model, kind=kind, now=self._clock(), prompt=prompt, n=n, overrides=overrides
         )
         if key is not None:
-            self._owners[plan.task_id] = key
+            self._owners[plan.task_id] = self._account(key)
         return create_payload(plan, self._float_ts)
+
+    def _account(self, key: str) -> str:
+        return key if key in self._own_accounts else ""
 
     def revoke_key(self, key: str) -> None:
         """From now on the API answers this key 401 `expired_api_key` (until `reset`)."""
@@ -276,7 +282,7 @@ class Simulator:
         elif target.task_id is None:
             kind: Kind = "image" if target.kind == "create_image" else "video"
             reply = self._create(request, kind, key)
-        elif self._owners.get(target.task_id, key) != key:
+        elif self._owners.get(target.task_id, self._account(key)) != self._account(key):
             reply = task_not_found_reply()  # another account's task
         else:
             reply = self._status(target, target.task_id, now, active)
@@ -309,7 +315,7 @@ class Simulator:
                 f"'n' must be an integer from 1 to {MAX_IMAGES}", "invalid_parameter"
             )
         plan = self._store.create(model=model, kind=kind, now=self._clock(), prompt=prompt, n=n)
-        self._owners[plan.task_id] = key
+        self._owners[plan.task_id] = self._account(key)
         return json_reply(200, create_payload(plan, self._float_ts))
 
     def _status(

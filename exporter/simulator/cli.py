@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="KEY[=RPM]",
         help=f"an accepted API key, repeatable (default: only {DEFAULT_API_KEY!r}); "
-        "KEY=RPM gives it a limit of its own, requests per real minute (0: none)",
+        "KEY=RPM makes it an account of its own: its own limit, requests per real minute "
+        "(0: none), and its own tasks (the other keys are one shared account)",
     )
     parser.add_argument(
         "--time-scale",

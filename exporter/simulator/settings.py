@@ -27,7 +27,9 @@ class SimulatorSettings:
     seed: int | None = None
     # Per key, per real minute; 0 disables limiting and the X-RateLimit-* headers.
     rate_limit_per_minute: int = 1000
-    # Keys with a limit of their own (per real minute, 0: none), as separate accounts have.
+    # Keys that are accounts of their own: their own limit (per real minute, 0: none)
+    # and their own tasks (another key's request for one gets 404). The other keys
+    # are keys of one shared account, as before.
     key_limits: Mapping[str, int] = field(default_factory=dict)
     retention_seconds: float = 3600.0
     # Fraction of tasks that start answering 404 before they finish.

@@ -46,8 +46,9 @@ def accounts_simulator() -> Iterator[Simulator]:
             time_scale=TIME_SCALE,
             seed=17,
             lost_fraction=0.0,
-            rate_limit_per_minute=0,  # team-a, team-c and the stranger: no limit
-            key_limits={KEYS["team-b"]: 3},
+            rate_limit_per_minute=0,  # the stranger: no limit
+            # Each team's key is an account of its own; only team-b's is limited.
+            key_limits={KEYS["team-a"]: 0, KEYS["team-b"]: 3, KEYS["team-c"]: 0},
         )
     )
     sim.start()

@@ -320,3 +320,17 @@ def test_each_key_is_an_account_of_its_own(clock: FakeClock) -> None:
     assert (revoked.status, body(revoked)["error"]["code"]) == (401, "expired_api_key")
     clock.advance(61)
     assert get(sim, "/v1/tasks/img_unknown", key_a).status == 404
+
+
+def test_keys_without_a_limit_of_their_own_share_one_account(clock: FakeClock) -> None:
+    sim = make(clock, api_keys=("sk-app", "sk-exporter"), rate_limit_per_minute=0)
+    created = sim.handle(
+        Request(
+            "POST",
+            "/v1/images/generations",
+            {"authorization": "Bearer sk-app"},
+            json.dumps({"model": "m"}).encode(),
+        )
+    )
+    task_id = body(created)["task_id"]
+    assert get(sim, f"/v1/tasks/{task_id}", {"authorization": "Bearer sk-exporter"}).status == 200

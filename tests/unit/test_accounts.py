@@ -298,3 +298,18 @@ def test_several_accounts_have_a_loop_and_labelled_series_each(tmp_path: Path) -
         assert not healthy and why.startswith("unhealthy: no poll cycle of account team-b")
     finally:
         close(agent)
+
+
+def test_tasks_of_an_account_no_longer_configured_are_named_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = make_agent(tmp_path, {}, SecretStr("sk-one"))
+    agent.store.add([DiscoveredTask("img_old", "file")], 100.0)
+    close(agent)
+    keys = {"team-a": SecretStr("sk-a"), "team-b": SecretStr("sk-b")}
+    agent = make_agent(tmp_path, {"accounts": TWO}, keys)
+    close(agent)
+    assert (
+        "1 unfinished task(s) in the store belong to account default, which is not in "
+        "accounts:; no loop polls them (name an account default to poll them)" in caplog.text
+    )
