@@ -395,7 +395,7 @@ class Recorder:
         # A held increment is applied later in a batch: it carries no exemplar.
         self._count(counts, exemplar)
         if finish.duration is not None:
-            self._observe_duration(label, finish, update.created, seen_at, exemplar)
+            self._observe_duration(label, finish, update.task.created, seen_at, exemplar)
 
     def _observe_duration(
         self,
@@ -453,7 +453,7 @@ class PollRecording(PollListener):
 
     def changed(self, change: Change) -> None:
         self._recorder.task_update(
-            change.model, change.update, change.reason, change.seen_at, change.task.task_id
+            change.model, change.update, change.reason, change.seen_at, change.before.task_id
         )
 
     def reachable(self, answered: bool) -> None:

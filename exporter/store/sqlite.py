@@ -217,8 +217,8 @@ _ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
 _COLUMNS = ", ".join(TASK_FIELDS)
 _APPLY = (
     "UPDATE tasks SET "
-    + ", ".join(f"{name} = ?" for name in APPLIED_FIELDS)
-    + ", attempts = attempts + 1 WHERE task_id = ? AND finished_at IS NULL"
+    + "".join(f"{name} = ?, " for name in (*APPLIED_FIELDS, "reason"))
+    + "attempts = attempts + 1 WHERE task_id = ? AND finished_at IS NULL"
 )
 
 
@@ -470,16 +470,16 @@ class SqliteTaskStore:
         labels: FinishLabels | None = None,
     ) -> bool:
         """Store a poll's result. False if the task is gone or already finished."""
-        finish = update.finish
+        task = update.task
+        values = [getattr(task, name) for name in APPLIED_FIELDS]
         with self._transaction() as db:
             before = db.execute(
                 "SELECT status FROM tasks WHERE task_id = ? AND finished_at IS NULL", (task_id,)
             ).fetchone()
-            changes = update.changes(now, reason)
-            cursor = db.execute(_APPLY, (*changes.values(), task_id))
-            if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
-                _record_event(db, task_id, now, before[0], update.status.value)
-            if cursor.rowcount == 1 and finish is not None and labels is not None:
+            cursor = db.execute(_APPLY, (*values, reason, task_id))
+            if cursor.rowcount == 1 and before is not None and before[0] != task.status.value:
+                _record_event(db, task_id, now, before[0], task.status.value)
+            if cursor.rowcount == 1 and update.finish is not None and labels is not None:
                 _count_finish(db, labels)
             return cursor.rowcount == 1
 
