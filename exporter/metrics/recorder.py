@@ -183,6 +183,8 @@ class Recorder:
             ["code"],
             registry=registry,
         )
+        # Its child per code, looked up once: every request counts here.
+        self._requests_by_code: dict[int | None, Counter] = {}
         self.api_probes = Counter(
             "lemondata_api_probes",
             "Status requests for a task that does not exist, sent when no other request "
@@ -341,7 +343,11 @@ class Recorder:
         self.discovery_errors.labels(source).inc()
 
     def api_response(self, outcome: PollOutcome, probe: bool = False) -> None:
-        self.api_requests.labels(str(outcome.code) if outcome.code else "none").inc()
+        requests = self._requests_by_code.get(outcome.code)
+        if requests is None:
+            requests = self.api_requests.labels(str(outcome.code) if outcome.code else "none")
+            self._requests_by_code[outcome.code] = requests
+        requests.inc()
         self.api_latency.observe(outcome.latency)
         if probe:
             self.api_probes.inc()
