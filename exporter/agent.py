@@ -44,8 +44,9 @@ from exporter.proxy.register import SOURCE as PROXY_SOURCE
 from exporter.store.base import ModelStatsStore, PollStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
+from exporter.web.httpserver import HttpServer
 from exporter.web.security import WebSecurity
-from exporter.web.server import WebServer, build_app
+from exporter.web.server import build_app
 
 log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 60.0
@@ -71,6 +72,18 @@ class AgentHealth:
         """Seconds past the stall limit (<= 0 while polling keeps up)."""
         reference = self.last_cycle_end if self.last_cycle_end is not None else self.started
         return time.monotonic() - reference - self.stall_after
+
+
+def liveness(
+    needs_restart: bool, store_problem: str | None, health: AgentHealth
+) -> tuple[bool, str]:
+    """(alive, why) for /-/live: see `Agent.alive`."""
+    if needs_restart:
+        return False, f"not alive: the task store fails: {store_problem}"
+    stalled = health.stalled_for()
+    if stalled > 0 and store_problem is None:  # a store outage pauses polling
+        return False, f"not alive: no poll cycle finished for {stalled + health.stall_after:.0f} s"
+    return True, "Alive"
 
 
 class Agent:
@@ -219,6 +232,16 @@ class Agent:
         except Exception as exc:
             return False, f"unhealthy: the task store cannot be read: {type(exc).__name__}"
         return True, "Healthy"
+
+    def alive(self) -> tuple[bool, str]:
+        """For a liveness probe: False only where restarting the process helps.
+
+        A store that fails for a cause outside the process (Redis down, a full
+        disk) heals by itself and polling resumes with it: a restart would only
+        lose /metrics and the reason meanwhile (and, with Redis, fail to start).
+        /-/healthy still says 503 for those."""
+        guard = self.store_guard
+        return liveness(guard.needs_restart(), guard.problem(), self.health)
 
     def ready(self) -> tuple[bool, str]:
         if self.health.shutting_down:
@@ -409,7 +432,7 @@ def serve(
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
-        web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
+        web = HttpServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
         log.error(

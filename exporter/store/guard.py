@@ -124,6 +124,11 @@ class StoreGuard:
         self._probe_if_due()
         return self._reason
 
+    def needs_restart(self) -> bool:
+        """Whether the store fails for good: its file deleted, replaced or damaged.
+        Only a restart (which opens the file at the path anew) mends that."""
+        return self._fatal
+
     def usable(self) -> bool:
         """Whether polling and discovery may go on (see `problem`)."""
         return self.problem() is None

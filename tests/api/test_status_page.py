@@ -134,6 +134,9 @@ def test_routes(store: SqliteTaskStore) -> None:
         def healthy(self) -> tuple[bool, str]:
             return True, "ok"
 
+        def alive(self) -> tuple[bool, str]:
+            return True, "ok"
+
         def ready(self) -> tuple[bool, str]:
             return True, "ok"
 

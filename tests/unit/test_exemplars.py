@@ -30,6 +30,9 @@ class Health:
     def healthy(self) -> tuple[bool, str]:
         return True, "ok"
 
+    def alive(self) -> tuple[bool, str]:
+        return True, "ok"
+
     def ready(self) -> tuple[bool, str]:
         return True, "ok"
 
