@@ -186,6 +186,8 @@ class Recorder:
             ["code"],
             registry=registry,
         )
+        # Its child per code, looked up once: every request counts here.
+        self._requests_by_code: dict[int | None, Counter] = {}
         self.api_probes = Counter(
             "lemondata_api_probes",
             "Status requests for a task that does not exist, sent when no other request "
@@ -344,7 +346,11 @@ class Recorder:
         self.discovery_errors.labels(source).inc()
 
     def api_response(self, outcome: PollOutcome, probe: bool = False) -> None:
-        self.api_requests.labels(str(outcome.code) if outcome.code else "none").inc()
+        requests = self._requests_by_code.get(outcome.code)
+        if requests is None:
+            requests = self.api_requests.labels(str(outcome.code) if outcome.code else "none")
+            self._requests_by_code[outcome.code] = requests
+        requests.inc()
         self.api_latency.observe(outcome.latency)
         if probe:
             self.api_probes.inc()
@@ -398,7 +404,7 @@ class Recorder:
         # A held increment is applied later in a batch: it carries no exemplar.
         self._count(counts, exemplar)
         if finish.duration is not None:
-            self._observe_duration(label, finish, update.created, seen_at, exemplar)
+            self._observe_duration(label, finish, update.task.created, seen_at, exemplar)
 
     def _observe_duration(
         self,
@@ -456,7 +462,7 @@ class PollRecording(PollListener):
 
     def changed(self, change: Change) -> None:
         self._recorder.task_update(
-            change.model, change.update, change.reason, change.seen_at, change.task.task_id
+            change.model, change.update, change.reason, change.seen_at, change.before.task_id
         )
 
     def reachable(self, answered: bool) -> None:

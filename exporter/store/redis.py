@@ -61,6 +61,7 @@ import redis
 
 from exporter.model import (
     ACTIVE_STATUSES,
+    APPLIED_FIELDS,
     DEFAULT_ACCOUNT,
     FINISHED_STATUSES,
     DiscoveredTask,
@@ -620,19 +621,20 @@ class RedisTaskStore:
         labels: FinishLabels | None = None,
     ) -> bool:
         """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
-        finish = update.finish
-        fields = update.changes(now, reason)
-        del fields["finished_at"]  # the script sets it, with the replica that finished
-        fields["consecutive_errors"] = update.consecutive_errors or None  # 0: no field
+        finish, task = update.finish, update.task
+        # finished_at: the script sets it, with the replica that finished.
+        fields = {name: getattr(task, name) for name in APPLIED_FIELDS if name != "finished_at"}
+        fields["reason"] = reason
+        fields["consecutive_errors"] = task.consecutive_errors or None  # 0: no field
         args = [
             self.prefix,
             task_id,
             self.replica_id,
             _text(now),
             "1" if finish else "0",
-            update.status.value,
-            "1" if update.status.value in _ACTIVE else "0",
-            _text(update.next_poll_at),
+            task.status.value,
+            "1" if task.status.value in _ACTIVE else "0",
+            _text(task.next_poll_at),
             str(MAX_EVENTS_PER_TASK),
             _totals_field(labels) if finish and labels else "",
         ]

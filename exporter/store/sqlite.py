@@ -7,6 +7,7 @@ and with it its metric observation, happens once even if two pollers race.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sqlite3
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +255,18 @@ _ACCOUNT_DUE_INDEX = (
 # The tasks table's columns are the Task's fields, same names and order (the
 # schema above is what is on disk; a test holds the two together).
 _COLUMNS = ", ".join(TASK_FIELDS)
-_APPLY = (
-    "UPDATE tasks SET "
-    + ", ".join(f"{name} = ?" for name in APPLIED_FIELDS)
-    + ", attempts = attempts + 1 WHERE task_id = ? AND finished_at IS NULL"
-)
+# What a poll's result writes: the fields it decided and the classified reason.
+_WRITTEN = (*APPLIED_FIELDS, "reason")
+_STATUS = _WRITTEN.index("status")
+_APPLIED_VALUES = attrgetter(*APPLIED_FIELDS)
+_BEFORE_APPLY = f"SELECT {', '.join(_WRITTEN)} FROM tasks WHERE task_id = ? AND finished_at IS NULL"
+
+
+@functools.lru_cache(maxsize=512)
+def _apply_statement(columns: tuple[int, ...]) -> str:
+    """The UPDATE that writes these of `_WRITTEN` (by position) and counts the attempt."""
+    sets = "".join(f"{_WRITTEN[i]} = ?, " for i in columns)
+    return f"UPDATE tasks SET {sets}attempts = attempts + 1 WHERE task_id = ?"
 
 
 class StoreError(Exception):
@@ -524,18 +533,22 @@ class SqliteTaskStore:
         labels: FinishLabels | None = None,
     ) -> bool:
         """Store a poll's result. False if the task is gone or already finished."""
-        finish = update.finish
+        task = update.task
+        values = (*_APPLIED_VALUES(task), reason)
         with self._transaction() as db:
-            before = db.execute(
-                "SELECT status FROM tasks WHERE task_id = ? AND finished_at IS NULL", (task_id,)
-            ).fetchone()
-            changes = update.changes(now, reason)
-            cursor = db.execute(_APPLY, (*changes.values(), task_id))
-            if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
-                _record_event(db, task_id, now, before[0], update.status.value)
-            if cursor.rowcount == 1 and finish is not None and labels is not None:
+            before = db.execute(_BEFORE_APPLY, (task_id,)).fetchone()
+            if before is None:
+                return False
+            # Only the columns whose value changes are written: SQLite updates each
+            # index on a written column even if its value stays, and a poll of a
+            # running task changes only a few of the columns it may set.
+            columns = tuple(i for i, value in enumerate(values) if value != before[i])
+            db.execute(_apply_statement(columns), (*[values[i] for i in columns], task_id))
+            if before[_STATUS] != task.status.value:
+                _record_event(db, task_id, now, before[_STATUS], task.status.value)
+            if update.finish is not None and labels is not None:
                 _count_finish(db, labels)
-            return cursor.rowcount == 1
+            return True
 
     def finish_totals(self) -> dict[FinishLabels, int]:
         """Store-wide count of finishes per label set."""
