@@ -27,9 +27,12 @@ large account is 1.5 million tasks (docs/benchmarks.md has the bytes per task):
   ID, one sorted set per status and model: every list filter reads only
   matching tasks; `px:<status>` lists the models with one), `fin:<status>`
   (finished tasks by finish time: pruning and the latest failures), `q` (the
-  unfinished by next poll), `a:<status>` (unfinished by creation time), `pm:<model>`
-  and `pms` (in processing, per model).
-- Counters kept by the scripts as tasks change: `n` (tasks by status), `ma`,
+  unfinished by next poll; `q:<account>` for each account but `default`),
+  `a:<status>` (unfinished by creation time), `pm:<model>` and `pms` (in
+  processing, per model).
+- Counters kept by the scripts as tasks change: `n` (tasks by status), `na`
+  (by account and status, for the accounts but `default`, whose tasks have no
+  `ac` field: older stores' tasks are its), `ma`,
   `mf`, `mx` (per model: in flight, finished, failed), `dur:<model>` (completed
   durations, rounded to 3 significant digits, and how many: medians without
   reading tasks), `ms` (models).
