@@ -60,6 +60,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -661,17 +662,20 @@ def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]])
                 if event.status is task.status and task.finished_at is not None
                 else None
             )
-            update = TaskUpdate(
+            polled = replace(
+                task,
                 status=event.status,
                 next_poll_at=event.at + 5,
                 consecutive_errors=0,
-                created=task.created,
-                model=task.model,
-                first_seen=task.first_seen,
-                processing_seen=task.processing_seen,
                 last_polled=event.at,
-                finish=finish,
+                finished_at=event.at if finish else None,
+                duration_seconds=finish.duration if finish else None,
+                error_message=finish.error_message if finish else None,
+                last_error=None,
+                progress=None,
+                progress_at=None,
             )
+            update = TaskUpdate(polled, finish)
             store.apply(task.task_id, update, event.at, task.reason)
 
 

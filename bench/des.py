@@ -47,6 +47,7 @@ from exporter.poller.ratelimit import AccountShare, RequestBudget
 from exporter.poller.transitions import PollPolicy
 from exporter.simulator.lifecycle import TaskPlan, observe
 from exporter.simulator.payloads import image_status_payload, unified_status_payload
+from exporter.store.base import FinishLabels
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.parse import parse_status_body
 
@@ -105,8 +106,15 @@ class RecordingStore(SqliteTaskStore):
         super().__init__(":memory:")
         self.seen: dict[str, tuple[float, Status]] = {}
 
-    def apply(self, task_id: str, update: TaskUpdate, now: float, reason: str | None) -> bool:
-        stored = super().apply(task_id, update, now, reason)
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
+        stored = super().apply(task_id, update, now, reason, labels)
         if stored and update.finish is not None:
             self.seen[task_id] = (now, update.finish.status)
         return stored

@@ -36,7 +36,7 @@ from bench.common import machine, quantile, table
 from exporter.agent import Agent
 from exporter.config import parse_config
 from exporter.metrics.static_labels import serving_registry
-from exporter.model import FINISHED_STATUSES, DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.model import FINISHED_STATUSES, DiscoveredTask, Finish, Status, Task, TaskUpdate
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.web.server import build_app
 
@@ -84,18 +84,23 @@ def updates(tasks: list[tuple[str, str]]) -> list[tuple[str, str, TaskUpdate, st
     for task_id, model in tasks:
         status = Status.COMPLETED if rng.random() < 0.85 else rng.choice(statuses)
         duration = rng.lognormvariate(3.5, 0.8)
-        update = TaskUpdate(
-            status=status,
+        task = Task(
+            task_id,
+            "bench",
+            model,
+            None,
+            status,
+            discovered_at=now - duration,
             next_poll_at=now,
-            consecutive_errors=0,
             created=now - duration,
-            model=model,
             first_seen=now - duration,
-            processing_seen=now - duration / 2,
             last_polled=now,
-            pending_seconds=rng.lognormvariate(1.0, 1.0),
-            finish=Finish(status, duration, True, 0.0, None),
+            processing_seen=now - duration / 2,
+            finished_at=now,
+            duration_seconds=duration,
         )
+        finish = Finish(status, duration, True, 0.0, None)
+        update = TaskUpdate(task, finish, pending_seconds=rng.lognormvariate(1.0, 1.0))
         reason = "upstream_error" if status is Status.FAILED else None
         out.append((task_id, model, update, reason))
     return out

@@ -90,11 +90,11 @@ def proc_status(pid: int) -> tuple[float, int]:
 
 def samples(text: str) -> dict[str, float]:
     """Metric name -> sum over its label sets (enough for the figures here)."""
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[sample.name] += sample.value
-    return dict(out)
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def by_status(text: str) -> dict[str, float]:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
 from exporter.api.mounts import WebApis
 from exporter.api.validation import SOURCE as API_SOURCE
-from exporter.backends import open_backend, stream_sources
+from exporter.backends import Backend, open_backend, stream_sources
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.discovery.base import DiscoverySource
@@ -24,28 +26,31 @@ from exporter.discovery.file import FileSource
 from exporter.discovery.runner import run_discovery
 from exporter.discovery.static import StaticSource
 from exporter.intake import TaskIntake
+from exporter.metrics.accounts import AccountsRegistry, RegistrationFanout
 from exporter.metrics.collector import TaskStoreCollector
-from exporter.metrics.recorder import PollRecording, Recorder
+from exporter.metrics.recorder import ModelLabels, PollRecording, Recorder
 from exporter.metrics.static_labels import serving_registry
 from exporter.metrics.store_totals import StoreTotalsCollector
-from exporter.model import ACTIVE_STATUSES, Status
+from exporter.model import ACTIVE_STATUSES, Status, Task, TaskUpdate
 from exporter.poller.account import AccountWatcher
 from exporter.poller.adaptive import AdaptiveSchedule, build_schedule
-from exporter.poller.cycle import CycleSettings, PollCycle, StatusFetcher
+from exporter.poller.cycle import CycleSettings, DueTasks, PollCycle, StatusFetcher
 from exporter.poller.events import PollListener
-from exporter.poller.handler import OutcomeHandler
+from exporter.poller.handler import OutcomeHandler, TaskWriter
 from exporter.poller.learning import DurationLearning
 from exporter.poller.ratecontrol import RateController
 from exporter.poller.ratelimit import AccountShare, Budget
 from exporter.poller.scheduler import build_scheduler
 from exporter.poller.transitions import PollPolicy
 from exporter.proxy import build_proxy
+from exporter.proxy.accounts import KeyAccounts
 from exporter.proxy.register import SOURCE as PROXY_SOURCE
-from exporter.store.base import ModelStatsStore, PollStore, TaskStore
+from exporter.store.base import FinishLabels, ModelStatsStore, PollStore, TaskStore
 from exporter.store.guard import StoreGuard, StoreUnavailable
 from exporter.upstream.client import UpstreamClient
+from exporter.web.httpserver import HttpServer
 from exporter.web.security import WebSecurity
-from exporter.web.server import WebServer, build_app
+from exporter.web.server import build_app
 
 log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 60.0
@@ -73,8 +78,67 @@ class AgentHealth:
         return time.monotonic() - reference - self.stall_after
 
 
+@dataclass
+class AccountLoop:
+    """One account's poll loop: its key's client, its budget, its listeners, its health."""
+
+    name: str
+    client: UpstreamClient
+    poller: Poller
+    recorder: Recorder
+    health: AgentHealth
+    registry: CollectorRegistry | None = None  # its own, with several accounts
+
+    @property
+    def cycle(self) -> PollCycle:
+        return self.poller.cycle
+
+
+class LoopStore(DueTasks, TaskWriter, Protocol):
+    """What one poll loop uses of the store: its due tasks, and where answers go."""
+
+
+class AccountDue:
+    """The store's due tasks of one account, as the poll cycle asks for them."""
+
+    def __init__(self, store: PollStore, account: str) -> None:
+        self._store = store
+        self._account = account
+
+    def due(self, now: float, limit: int) -> list[Task]:
+        return self._store.due(now, limit, self._account)
+
+    def apply(
+        self,
+        task_id: str,
+        update: TaskUpdate,
+        now: float,
+        reason: str | None,
+        labels: FinishLabels | None = None,
+    ) -> bool:
+        return self._store.apply(task_id, update, now, reason, labels)
+
+
+def liveness(
+    needs_restart: bool, store_problem: str | None, health: AgentHealth
+) -> tuple[bool, str]:
+    """(alive, why) for /-/live: see `Agent.alive`."""
+    if needs_restart:
+        return False, f"not alive: the task store fails: {store_problem}"
+    stalled = health.stalled_for()
+    if stalled > 0 and store_problem is None:  # a store outage pauses polling
+        return False, f"not alive: no poll cycle finished for {stalled + health.stall_after:.0f} s"
+    return True, "Alive"
+
+
 class Agent:
-    def __init__(self, config: Config, api_key: SecretStr, config_source: str = "") -> None:
+    def __init__(
+        self,
+        config: Config,
+        api_key: SecretStr | Mapping[str, SecretStr],
+        config_source: str = "",
+    ) -> None:
+        """`api_key`: the key of the one account, or every account's key by name."""
         self.config = config
         self.config_source = config_source
         self.registry = CollectorRegistry()
@@ -86,51 +150,144 @@ class Agent:
         self.store_guard = StoreGuard(backend.store, self.registry, model_stats=backend.model_stats)
         self.store: TaskStore = self.store_guard
         self.classifier = ReasonClassifier(config.failure_reasons)
-        self.recorder = Recorder(
-            self.registry,
-            duration_buckets=config.metrics.duration_buckets,
-            pending_buckets=config.metrics.pending_buckets,
-            max_models=config.metrics.max_models,
-            reasons=self.classifier.reasons,
-            reason_classes=self.classifier.classes,
-            budget_rps=config.polling.requests_per_second,
-        )
+        self.recorder = self._recorder(self.registry, config.polling.requests_per_second)
         # Models the store knows: their series exist from the first scrape on.
-        self.recorder.restore_models(
-            [*(labels.model for labels in self.store.finish_totals()), *self.store.models()]
-        )
+        self.known_models = [
+            *(labels.model for labels in self.store.finish_totals()),
+            *self.store.models(),
+        ]
+        self.recorder.restore_models(self.known_models)
         guard = self.store_guard
         self.registry.register(
             TaskStoreCollector(
                 self.store,
                 recorder=self.recorder,
                 reports=lambda: guard.read(backend.reports_store_gauges),
+                accounts=config.account_names if config.accounts else None,
             )
         )
         self.registry.register(StoreTotalsCollector(self.store, self.recorder))
-        self.intake = TaskIntake(self.store, self.registry, config.store.max_tracked_tasks)
-        self.sources: list[DiscoverySource] = [StaticSource(config.tasks)]
-        self.sources += [FileSource(f.path, f.name) for f in config.discovery.files]
+        self.intake = TaskIntake(
+            self.store,
+            self.registry,
+            config.store.max_tracked_tasks,
+            accounts=config.account_names if config.accounts else None,
+        )
+        default = config.default_account  # of tasks from a source that names none
+        self.sources: list[DiscoverySource] = [StaticSource(config.tasks, default)]
+        self.sources += [
+            FileSource(f.path, f.name, f.account or default) for f in config.discovery.files
+        ]
         self.sources += stream_sources(config, backend)
         self.intake.add_sources(source.name for source in self.sources)
         self.recorder.add_sources(source.name for source in self.sources)
         if config.proxy.enabled:
             self.recorder.add_sources([PROXY_SOURCE])
         polling = config.polling
-        self.client = UpstreamClient(
+        keys = api_key if isinstance(api_key, Mapping) else {config.default_account: api_key}
+        schedule = build_schedule(polling)  # None: fixed-interval polling
+        # What adaptive polling learns is about models, not accounts: one learner.
+        learning = DurationLearning(schedule, self.store_guard) if schedule else None
+        self.loops = [
+            self._account_loop(name, keys[name], rps, backend, schedule, learning)
+            for name, rps in self._account_rates()
+        ]
+        # Without `accounts:` the one loop records into the agent's own Recorder
+        # and /metrics is as it always was; with them, each account's registry is
+        # served with its `account` label (metrics/accounts.py).
+        self.account_registries = {
+            loop.name: loop.registry for loop in self.loops if loop.registry is not None
+        }
+        self.registration: RegistrationFanout = RegistrationFanout(
+            self.recorder, [loop.recorder for loop in self.loops]
+        )
+        self.learning = learning
+        if config.accounts:
+            self._warn_unpolled(config.account_names)
+        first = self.loops[0]
+        self.client, self.poller, self.cycle = first.client, first.poller, first.cycle
+        self._idle_lock = threading.Lock()
+        self._last_idle_log: float | None = None  # monotonic; may be < 300 s after boot
+        self._discovered_once = False  # no idle hint in the log before the first pass
+        self.task_api_on = False  # set by serve() when a token turns the task API on
+        self._scheduler = build_scheduler(
+            [
+                ("discovery", self.discover, config.discovery.interval_seconds),
+                *(
+                    (
+                        _job_name(loop.name, config),
+                        functools.partial(self.poll, loop),
+                        polling.cycle_interval_seconds,
+                    )
+                    for loop in self.loops
+                ),
+                ("prune", self.prune, PRUNE_INTERVAL_SECONDS),
+            ]
+        )
+        self._stopped = threading.Event()
+        # Last of all collectors: it runs once a scrape has read every other
+        # metric (see metrics/recorder.py). Nothing is registered after it.
+        self.registry.register(self.recorder.scrape_mark)
+
+    def _recorder(
+        self, registry: CollectorRegistry, budget_rps: float, models: ModelLabels | None = None
+    ) -> Recorder:
+        metrics = self.config.metrics
+        return Recorder(
+            registry,
+            duration_buckets=metrics.duration_buckets,
+            pending_buckets=metrics.pending_buckets,
+            max_models=metrics.max_models,
+            reasons=self.classifier.reasons,
+            reason_classes=self.classifier.classes,
+            budget_rps=budget_rps,
+            model_labels=models,
+        )
+
+    def _account_rates(self) -> list[tuple[str, float]]:
+        """(name, requests per second) of every account; the implicit one without `accounts:`."""
+        default = self.config.polling.requests_per_second
+        if not self.config.accounts:
+            return [(self.config.default_account, default)]
+        return [(a.name, a.requests_per_second or default) for a in self.config.accounts]
+
+    def _account_loop(
+        self,
+        name: str,
+        key: SecretStr,
+        rps: float,
+        backend: Backend,
+        schedule: AdaptiveSchedule | None,
+        learning: DurationLearning | None,
+    ) -> AccountLoop:
+        """One account's poll loop. Without `accounts:`, the one loop is today's: the
+        agent's Recorder, the backend's budget, every due task."""
+        config, polling = self.config, self.config.polling
+        several = bool(config.accounts)
+        registry = None
+        if several:
+            registry = CollectorRegistry(auto_describe=False)
+            recorder = self._recorder(registry, rps, self.recorder.model_label)
+            recorder.restore_models(self.known_models)
+            registry.register(recorder.scrape_mark)  # last: see metrics/recorder.py
+            budget = backend.account_budget(name, rps)
+            store: LoopStore = AccountDue(self.store, name)
+        else:
+            recorder, budget, store = self.recorder, backend.budget, self.store
+        client = UpstreamClient(
             config.api.base_url,
-            api_key,
+            key,
             status_path=config.api.status_path,
             timeout_seconds=config.api.timeout_seconds,
             max_response_bytes=config.api.max_response_bytes,
             max_connections=config.api.max_connections,
         )
-        self.poller = build_poller(
-            self.store,
-            self.client,
+        poller = build_poller(
+            store,
+            client,
             self.classifier,
-            self.recorder,
-            backend.budget,  # shared by the group with Redis
+            recorder,
+            budget,  # shared by the group with Redis
             PollPolicy(
                 task_interval=polling.task_interval_seconds,
                 max_wait=polling.max_wait_seconds,
@@ -141,52 +298,57 @@ class Agent:
                 workers=config.api.max_connections,
                 # About two cycles' worth of budget: enough to keep the pool busy,
                 # small enough that a cycle ends and the lag is measured.
-                batch_size=max(
-                    1, int(polling.requests_per_second * polling.cycle_interval_seconds * 2)
-                ),
+                batch_size=max(1, int(rps * polling.cycle_interval_seconds * 2)),
                 lookahead=polling.cycle_interval_seconds / 2,
                 # A slow request must not hold back every due task: after a cycle's
                 # worth of waiting, the stragglers are applied by a later cycle.
                 straggler_wait=polling.cycle_interval_seconds,
                 probe_interval=polling.probe_interval_seconds,
             ),
-            schedule=build_schedule(polling),  # None: fixed-interval polling
-            stats=self.store_guard,  # what it learnt survives restarts
-            share=AccountShare(polling.requests_per_second, polling.rate_limit_reserve_ratio),
+            schedule=schedule,
+            learning=learning,  # what it learnt survives restarts
+            share=AccountShare(rps, polling.rate_limit_reserve_ratio),
+            account=name if several else None,
         )
-        self.cycle = self.poller.cycle
-        self.health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
-        self._last_idle_log: float | None = None  # monotonic; may be < 300 s after boot
-        self._discovered_once = False  # no idle hint in the log before the first pass
-        self.task_api_on = False  # set by serve() when a token turns the task API on
-        self._scheduler = build_scheduler(
-            [
-                ("discovery", self.discover, config.discovery.interval_seconds),
-                ("poll", self.poll, polling.cycle_interval_seconds),
-                ("prune", self.prune, PRUNE_INTERVAL_SECONDS),
-            ]
-        )
-        self._stopped = threading.Event()
-        # Last of all collectors: it runs once a scrape has read every other
-        # metric (see metrics/recorder.py). Nothing is registered after it.
-        self.registry.register(self.recorder.scrape_mark)
+        health = AgentHealth(stall_after=max(30.0, 10 * polling.cycle_interval_seconds))
+        return AccountLoop(name, client, poller, recorder, health, registry)
+
+    def _warn_unpolled(self, accounts: tuple[str, ...]) -> None:
+        """Unfinished tasks stored under an account that is no longer configured
+        (e.g. `default`, from before `accounts:`) are polled by no loop: say so once."""
+        try:
+            counts = self.store.count_by_account()
+        except StoreUnavailable:
+            return
+        for account, by_status in sorted(counts.items()):
+            waiting = sum(by_status.get(status, 0) for status in ACTIVE_STATUSES)
+            if account not in accounts and waiting:
+                log.warning(
+                    "%d unfinished task(s) in the store belong to account %s, which is not "
+                    "in accounts:; no loop polls them (name an account %s to poll them)",
+                    waiting,
+                    account,
+                    account,
+                )
 
     def discover(self) -> None:
         if not self.store_guard.usable():
             return  # nothing could be stored: sources keep their position
-        run_discovery(self.sources, self.store, self.recorder, time.time(), self.intake)
+        run_discovery(self.sources, self.store, self.registration, time.time(), self.intake)
         self._discovered_once = True
 
-    def poll(self) -> None:
+    def poll(self, loop: AccountLoop | None = None) -> None:
+        """One cycle of an account's loop (default: the first)."""
+        loop = loop or self.loops[0]
         # While the store fails, answers could not be stored: polling would only
         # repeat the same requests. The guard probes and says when to resume.
         if not self.store_guard.usable():
             return
         try:
-            self.cycle.run_once()
+            loop.cycle.run_once()
         except StoreUnavailable:
             return  # counted and logged by the guard
-        self.health.cycle_finished()
+        loop.health.cycle_finished()
         self._log_if_idle()
 
     def prune(self) -> None:
@@ -203,31 +365,54 @@ class Agent:
         counts = self.store.count_by_status()
         return sum(counts.get(status, 0) for status in ACTIVE_STATUSES)
 
+    def _of_account(self, loop: AccountLoop) -> str:
+        return f" of account {loop.name}" if self.config.accounts else ""
+
     # The HealthView the web server reads.
     def healthy(self) -> tuple[bool, str]:
         problem = self.store_guard.problem()
         if problem is not None:
             return False, f"unhealthy: the task store fails: {problem}"
-        stalled = self.health.stalled_for()
-        if stalled > 0:
-            return (
-                False,
-                f"unhealthy: no poll cycle finished for {stalled + self.health.stall_after:.0f} s",
-            )
+        for loop in self.loops:  # every account's loop must keep running
+            stalled = loop.health.stalled_for()
+            if stalled > 0:
+                return (
+                    False,
+                    f"unhealthy: no poll cycle{self._of_account(loop)} finished for "
+                    f"{stalled + loop.health.stall_after:.0f} s",
+                )
         try:
             self.store.count_by_status()
         except Exception as exc:
             return False, f"unhealthy: the task store cannot be read: {type(exc).__name__}"
         return True, "Healthy"
 
+    def alive(self) -> tuple[bool, str]:
+        """For a liveness probe: False only where restarting the process helps.
+
+        A store that fails for a cause outside the process (Redis down, a full
+        disk) heals by itself and polling resumes with it: a restart would only
+        lose /metrics and the reason meanwhile (and, with Redis, fail to start).
+        /-/healthy still says 503 for those."""
+        guard = self.store_guard
+        for loop in self.loops:  # every account's loop must keep running
+            alive, why = liveness(guard.needs_restart(), guard.problem(), loop.health)
+            if not alive:
+                return alive, f"{why} (account {loop.name})" if self.config.accounts else why
+        return True, "Alive"
+
     def ready(self) -> tuple[bool, str]:
-        if self.health.shutting_down:
+        if self._stopped.is_set():
             return False, "not ready: shutting down"
         problem = self.store_guard.problem()
         if problem is not None:
             return False, f"not ready: the task store fails: {problem}"
-        if not self.health.ready():
-            return False, "not ready: the first poll cycle has not run yet"
+        for loop in self.loops:
+            if not loop.health.ready():
+                return (
+                    False,
+                    f"not ready: the first poll cycle{self._of_account(loop)} has not run yet",
+                )
         return True, "Ready"
 
     def summary(self) -> dict[str, int]:
@@ -276,15 +461,17 @@ class Agent:
         now = time.monotonic()
         if not self._discovered_once:
             return
-        if (
-            self._last_idle_log is not None
-            and now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS
-        ):
-            return
+        with self._idle_lock:  # several accounts' loops end cycles at once
+            if (
+                self._last_idle_log is not None
+                and now - self._last_idle_log < IDLE_LOG_INTERVAL_SECONDS
+            ):
+                return
+            self._last_idle_log = now
         hint = self.hint()  # once: discovery may add tasks meanwhile
         if not hint:
+            self._last_idle_log = None  # not idle: look again next cycle
             return
-        self._last_idle_log = now
         log.warning("%s%s", hint, f" Config: {self.config_source}" if self.config_source else "")
 
     def start(self) -> None:
@@ -296,23 +483,27 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.shutting_down = True
-        self.cycle.stop()
+        for loop in self.loops:
+            loop.health.shutting_down = True
+            loop.cycle.stop()
         deadline = self.config.polling.shutdown_timeout_seconds
         ends = time.monotonic() + deadline
         unanswered: list[int] = []
 
-        def finish() -> None:  # the running cycle, then requests still in flight
+        def finish() -> None:  # the running cycles, then requests still in flight
             self._scheduler.shutdown(wait=True)
-            unanswered.append(self.cycle.settle(max(0.0, ends - time.monotonic())))
+            for loop in self.loops:
+                unanswered.append(loop.cycle.settle(max(0.0, ends - time.monotonic())))
 
         finisher = threading.Thread(target=finish, name="shutdown")
         finisher.start()
         finisher.join(deadline + 0.5)
-        if finisher.is_alive() or (unanswered and unanswered[0]):
+        if finisher.is_alive() or any(unanswered):
             log.warning("in-flight polls did not finish within %.0f s; abandoning them", deadline)
-        self.poller.save_stats()
-        self.client.close()
+        if self.learning is not None:
+            self.learning.save()
+        for loop in self.loops:
+            loop.client.close()
         self.store.close()
 
 
@@ -331,7 +522,7 @@ class Poller:
 
 
 def build_poller(
-    store: PollStore,
+    store: LoopStore,
     client: StatusFetcher,
     classifier: ReasonClassifier,
     recorder: Recorder,
@@ -342,22 +533,26 @@ def build_poller(
     schedule: AdaptiveSchedule | None = None,
     share: AccountShare | None = None,
     stats: ModelStatsStore | None = None,
+    learning: DurationLearning | None = None,
+    account: str | None = None,
     clock: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
 ) -> Poller:
     """The poll loop -> one outcome handler -> listeners (metrics, account state,
-    rate controller, duration learning); see docs/architecture.md."""
+    rate controller, duration learning); see docs/architecture.md. `learning`:
+    shared by several accounts' loops (else one is made from `stats`); `account`:
+    the name of one of several accounts, for the log."""
     rate = RateController(
         budget, pause_default=policy.backoff_base, share=share, on_rate=recorder.allowed_rate
     )
     listeners: list[PollListener] = [
         PollRecording(recorder),
-        AccountWatcher(recorder.set_account_state),
+        AccountWatcher(recorder.set_account_state, account=account),
         rate,
     ]
-    learning = None
-    if schedule is not None:
+    if schedule is not None and learning is None:
         learning = DurationLearning(schedule, stats)
+    if learning is not None:
         listeners.append(learning)
     handler = OutcomeHandler(
         store,
@@ -372,6 +567,10 @@ def build_poller(
     return Poller(cycle, handler, rate, learning)
 
 
+def _job_name(account: str, config: Config) -> str:
+    return f"poll:{account}" if config.accounts else "poll"
+
+
 def bind_failure(exc: OSError) -> str:
     """Why a port could not be opened, e.g. "Address already in use" (the HTTP server
     wraps the socket's error in a message of its own)."""
@@ -383,7 +582,7 @@ def bind_failure(exc: OSError) -> str:
 
 def serve(
     config: Config,
-    api_key: SecretStr,
+    api_key: SecretStr | Mapping[str, SecretStr],
     listen_address: str,
     config_source: str = "",
     stop: threading.Event | None = None,
@@ -400,16 +599,19 @@ def serve(
     if apis.token is not None:
         agent.recorder.add_sources([API_SOURCE])
         agent.intake.add_sources([API_SOURCE])
+    registry = agent.registry
+    if agent.account_registries:
+        registry = AccountsRegistry(registry, agent.account_registries)
     app = build_app(
-        serving_registry(agent.registry, config.metrics.static_labels),
+        serving_registry(registry, config.metrics.static_labels),
         agent,
-        apis.mounts(agent.store, agent.recorder, agent.intake),
+        apis.mounts(agent.store, agent.registration, agent.intake),
     )
     if web_security is not None:
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
-        web = WebServer(app, listen_address, tls=web_security.tls if web_security else None)
+        web = HttpServer(app, listen_address, tls=web_security.tls if web_security else None)
     except OSError as exc:
         agent.store.close()
         log.error(
@@ -420,7 +622,15 @@ def serve(
         return 1
     try:
         proxy = (
-            build_proxy(config, agent.store, agent.recorder, agent.intake)
+            build_proxy(
+                config,
+                agent.store,
+                agent.registration,
+                agent.intake,
+                KeyAccounts(api_key, agent.registry)
+                if config.accounts and isinstance(api_key, Mapping)
+                else None,
+            )
             if config.proxy.enabled
             else None
         )

@@ -33,12 +33,20 @@ class Backend:
 
     store: TaskStore
     budget: Budget  # with Redis, `polling.requests_per_second` is the group's
+    # The budget of one of several accounts (name, requests per second): with
+    # Redis, shared by the group too, each account's under its own key.
+    account_budget: Callable[[str, float], Budget]
     # Whether this replica exports the store-wide gauges now (a lease with Redis).
     reports_store_gauges: Callable[[], bool]
     known: Callable[[list[str]], set[str]]  # which of these task IDs the store has
     model_stats: ModelStatsStore | None = None  # where adaptive polling keeps what it learnt
     redis_url: str | None = None  # the shared store's Redis, and its client
     redis_client: redis.Redis | None = None
+
+
+def account_budget_key(account: str) -> str:
+    """The Redis key of an account's shared budget (`budget` is the single account's)."""
+    return f"acct:{account}:budget"
 
 
 def replica_id(config: Config) -> str:
@@ -62,16 +70,24 @@ def open_backend(config: Config) -> Backend:
         return Backend(
             store=shared,
             budget=SharedRequestBudget(shared.client, rate, prefix=shared.prefix),
+            account_budget=lambda name, rps: SharedRequestBudget(
+                shared.client, rps, prefix=shared.prefix, key=account_budget_key(name)
+            ),
             reports_store_gauges=shared.reports_store_gauges,
             known=shared.known,
             model_stats=shared,
             redis_url=store.redis_url,
             redis_client=shared.client,
         )
-    local = SqliteTaskStore(store.path, prune_duty_cycle=store.prune_duty_cycle)
+    local = SqliteTaskStore(
+        store.path,
+        per_account=bool(config.accounts),
+        prune_duty_cycle=store.prune_duty_cycle,
+    )
     return Backend(
         store=local,
         budget=RequestBudget(rate),
+        account_budget=lambda name, rps: RequestBudget(rps),
         reports_store_gauges=lambda: True,  # a SQLite file belongs to one agent
         known=store_knows(local.get),
         model_stats=local,
@@ -114,6 +130,7 @@ def stream_sources(config: Config, backend: Backend) -> list[DiscoverySource]:
             replica_id(config),
             backend.known,
             name=stream.name,
+            accounts=config.account_names,
             claim_idle_seconds=stream.claim_idle_seconds,
             batch_size=stream.batch_size,
         )

@@ -22,7 +22,7 @@ from exporter.config import (
     ConfigError,
     check_config_file,
     listen_address_problem,
-    read_api_key,
+    read_account_keys,
     world_readable,
 )
 from exporter.logsetup import add_log_flags, add_secret, redact, setup_logging
@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         if report.config is None:
             raise ConfigError(report.problems)
         config = report.config
-        api_key = read_api_key(config, source=source)
+        keys = read_account_keys(config, source=source)
         read_token(config)  # an unusable token stops the start here, before any logging
         web_security = load_web_security(args.web_config_file)
     except ConfigError as exc:
@@ -248,20 +248,22 @@ def _run(args: argparse.Namespace) -> int:
     for field_name, path in (
         ("api.key_file", config.api.key_file),
         ("api_server.token_file", config.api_server.token_file),
+        *((f"accounts[{i}].key_file", a.key_file) for i, a in enumerate(config.accounts)),
     ):
         loose = world_readable(path) if path is not None else None
         if loose:
             log.warning("%s: %s: %s", source, field_name, loose)
-    if api_key is None:
+    if not keys:
         print(
             f"no API key: set ${API_KEY_ENV} or api.key_file in {source}. "
             "To try the exporter without a key, run `lemondata-exporter demo`.",
             file=sys.stderr,
         )
         return 2
-    add_secret(api_key.get_secret_value())
+    for key in keys.values():
+        add_secret(key.get_secret_value())
     try:
-        return serve(config, api_key, args.listen_address, source, web_security=web_security)
+        return serve(config, keys, args.listen_address, source, web_security=web_security)
     except StoreError as exc:
         print(redact(str(exc)), file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from exporter.config_env import merge, origin_of, read_environment
-from exporter.model import valid_task_id
+from exporter.model import ACCOUNT_PATTERN, DEFAULT_ACCOUNT, valid_task_id
 from exporter.upstream.paths import check_no_dot_segments, dot_segment_problem
 
 API_KEY_ENV = "LEMONDATA_API_KEY"
@@ -238,10 +238,36 @@ class StoreConfig(_Section):
         return self
 
 
+# At most this many accounts: each is a value of the `account` label.
+MAX_ACCOUNTS = 50
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class AccountConfig(_Section):
+    """One LemonData account: its own key, budget and `account` label value."""
+
+    name: str = Field(pattern=ACCOUNT_PATTERN.pattern)
+    # Where its key is: the name of an environment variable, or a file (exactly one).
+    key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    key_file: FilePath | None = None
+    # Its request budget; default polling.requests_per_second.
+    requests_per_second: PositiveSeconds | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AccountConfig:
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError(
+                "give exactly one of key_env (the name of an environment variable holding "
+                "the key) or key_file (a file holding it)"
+            )
+        return self
+
+
 class StaticTask(_Section):
     id: str
     model: str | None = None
     poll_url: str | None = None
+    account: str | None = None  # one of `accounts:`; default the first
 
     @field_validator("id")
     @classmethod
@@ -259,6 +285,7 @@ class StaticTask(_Section):
 class FileDiscovery(_Section):
     path: FilePath
     name: str = Field(default="file", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    account: str | None = None  # the account of its tasks (one of `accounts:`); default the first
 
 
 class RedisStreamDiscovery(_Section):
@@ -358,7 +385,7 @@ DEFAULT_FAILURE_REASONS = (
 # checks the list against what the exporter serves).
 RESERVED_LABELS = frozenset(
     {
-        "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
+        "account", "class", "code", "kind", "le", "model", "op", "quantile", "reason", "source",
         "state", "status", "version", "job", "instance",
         # the Python runtime's collectors
         "generation", "implementation", "major", "minor", "patchlevel",
@@ -452,6 +479,18 @@ class Config(_Section):
     api_server: ApiServerConfig = ApiServerConfig()
     proxy: ProxyConfig = ProxyConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Several LemonData accounts (keys), each polled with its own key and budget;
+    # none: one account, the key from $LEMONDATA_API_KEY or api.key_file.
+    accounts: Annotated[list[AccountConfig], Field(max_length=MAX_ACCOUNTS)] = []
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        """Every account's name, the first being where tasks without one go."""
+        return tuple(a.name for a in self.accounts) or (DEFAULT_ACCOUNT,)
+
+    @property
+    def default_account(self) -> str:
+        return self.account_names[0]
 
     @model_validator(mode="after")
     def _one_class_per_reason(self) -> Config:
@@ -500,7 +539,11 @@ _SECRET_SETTINGS = {
     "or api.key_file",
     "token": "the token must not be written in the config file; "
     "set $LEMONDATA_EXPORTER_TOKEN or api_server.token_file",
+    "account_key": "an account's key must not be written in the config file; name the "
+    "environment variable that holds it in key_env, or a file in key_file",
 }
+# Names under an `accounts:` entry that would hold its key.
+_ACCOUNT_SECRET_NAMES = frozenset({"key", "api_key", "token", "secret", "password"})
 _SECRET_NAMES = {
     ("api", "key"): "api_key",
     ("api", "api_key"): "api_key",
@@ -543,6 +586,8 @@ def _unknown_setting(root: type[BaseModel], location: tuple[int | str, ...]) -> 
     secret = _SECRET_NAMES.get((section if len(parent) == 1 else "", name))
     if secret is not None and len(parent) <= 1:
         return _SECRET_SETTINGS[secret]
+    if section == "accounts" and len(parent) == 2 and name in _ACCOUNT_SECRET_NAMES:
+        return _SECRET_SETTINGS["account_key"]
     model = _model_at(root, parent)
     known = list(model.model_fields) if model is not None else []
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
@@ -647,6 +692,7 @@ def contradictions(sections: Mapping[str, Any]) -> list[Finding]:
                     warning=True,
                 )
             )
+    found += account_findings(sections)
     discovery, store = sections.get("discovery"), sections.get("store")
     if isinstance(discovery, DiscoveryConfig) and discovery.redis_stream is not None:
         stream_url = discovery.redis_stream.redis_url
@@ -657,6 +703,36 @@ def contradictions(sections: Mapping[str, Any]) -> list[Finding]:
                     "the stream needs a Redis URL, here or in store.redis_url",
                 )
             )
+    return found
+
+
+def account_findings(sections: Mapping[str, Any]) -> list[Finding]:
+    """Unique account names, and every `account` a task or a file names is one of them."""
+    accounts = sections.get("accounts")
+    if not isinstance(accounts, list):
+        return []  # reported by the schema
+    found: list[Finding] = []
+    names: list[str] = []
+    for index, account in enumerate(accounts):
+        if account.name in names:
+            found.append(Finding(f"accounts[{index}].name", f"{account.name} is listed twice"))
+        names.append(account.name)
+    references: list[tuple[str, str | None]] = []
+    tasks, discovery = sections.get("tasks"), sections.get("discovery")
+    if isinstance(tasks, list):
+        references += [(f"tasks[{i}].account", task.account) for i, task in enumerate(tasks)]
+    if isinstance(discovery, DiscoveryConfig):
+        references += [
+            (f"discovery.files[{i}].account", f.account) for i, f in enumerate(discovery.files)
+        ]
+    for field, name in references:
+        if name is None or name in names:
+            continue
+        if not names:
+            message = "names an account, but the config lists no `accounts:`"
+        else:
+            message = f"no account is named {name!r}; the accounts are {', '.join(names)}"
+        found.append(Finding(field, message))
     return found
 
 
@@ -806,6 +882,32 @@ def shown_path(path: Path) -> str:
     return "the file named there (if that is the secret itself: name a file that holds it)"
 
 
+def _read_key_file(path: Path, field: str, prefix: str) -> SecretStr:
+    """The key in `path`; ConfigError naming the file and `field`, never the key."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError([f"{prefix}{field}: {shown_path(path)} is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"{prefix}{field}: cannot read {shown_path(path)}: {exc.strerror}"]
+        ) from None
+    if not key:
+        raise ConfigError([f"{prefix}{field}: {path} is empty"])
+    problem = secret_problem(key, f"the key in {path}")
+    if problem:
+        raise ConfigError([f"{prefix}{field}: {problem}"])
+    return SecretStr(key)
+
+
+def _read_key_env(name: str, field: str, env: Mapping[str, str], prefix: str) -> SecretStr | None:
+    key = env.get(name, "").strip()
+    problem = secret_problem(key, "the key")
+    if problem:
+        raise ConfigError([f"{prefix}{field}: {problem}"])
+    return SecretStr(key) if key else None
+
+
 def read_api_key(
     config: Config, environ: Mapping[str, str] | None = None, source: str = ""
 ) -> SecretStr | None:
@@ -816,29 +918,56 @@ def read_api_key(
     """
     env = os.environ if environ is None else environ
     prefix = f"{source}: " if source else ""
-    key_file = config.api.key_file
-    if key_file is not None:
+    if config.api.key_file is not None:
+        return _read_key_file(config.api.key_file, "api.key_file", prefix)
+    return _read_key_env(API_KEY_ENV, f"${API_KEY_ENV}", env, prefix)
+
+
+def read_account_key(
+    config: Config,
+    index: int,
+    environ: Mapping[str, str] | None = None,
+    source: str = "",
+) -> SecretStr | None:
+    """The key of `config.accounts[index]`, from its key_file or its key_env variable;
+    None if that variable is not set. ConfigError as `read_api_key`'s."""
+    env = os.environ if environ is None else environ
+    prefix = f"{source}: " if source else ""
+    account = config.accounts[index]
+    if account.key_file is not None:
+        return _read_key_file(account.key_file, f"accounts[{index}].key_file", prefix)
+    assert account.key_env is not None  # one of the two, checked with the config
+    return _read_key_env(account.key_env, f"accounts[{index}].key_env", env, prefix)
+
+
+def read_account_keys(
+    config: Config, environ: Mapping[str, str] | None = None, source: str = ""
+) -> dict[str, SecretStr]:
+    """Every account's key by account name: the implicit account's (`read_api_key`)
+    without `accounts:`. ConfigError naming every account whose key is missing or
+    unusable (its field, never a key)."""
+    if not config.accounts:
+        key = read_api_key(config, environ, source)
+        return {DEFAULT_ACCOUNT: key} if key is not None else {}
+    keys: dict[str, SecretStr] = {}
+    problems: list[str] = []
+    prefix = f"{source}: " if source else ""
+    for index, account in enumerate(config.accounts):
         try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            raise ConfigError(
-                [f"{prefix}api.key_file: {shown_path(key_file)} is not UTF-8 text"]
-            ) from None
-        except OSError as exc:
-            raise ConfigError(
-                [f"{prefix}api.key_file: cannot read {shown_path(key_file)}: {exc.strerror}"]
-            ) from None
-        if not key:
-            raise ConfigError([f"{prefix}api.key_file: {key_file} is empty"])
-        problem = secret_problem(key, f"the key in {key_file}")
-        if problem:
-            raise ConfigError([f"{prefix}api.key_file: {problem}"])
-        return SecretStr(key)
-    key = env.get(API_KEY_ENV, "").strip()
-    problem = secret_problem(key, "the key")
-    if problem:
-        raise ConfigError([f"{prefix}${API_KEY_ENV}: {problem}"])
-    return SecretStr(key) if key else None
+            key = read_account_key(config, index, environ, source)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        if key is None:
+            problems.append(
+                f"{prefix}accounts[{index}].key_env: ${account.key_env} is not set "
+                f"(the key of account {account.name})"
+            )
+            continue
+        keys[account.name] = key
+    if problems:
+        raise ConfigError(problems)
+    return keys
 
 
 def read_redis_password(config: Config, environ: dict[str, str] | None = None) -> SecretStr | None:

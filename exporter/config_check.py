@@ -18,6 +18,7 @@ from pathlib import Path
 
 from exporter.config import (
     API_KEY_ENV,
+    AccountConfig,
     ApiConfig,
     ApiServerConfig,
     Config,
@@ -27,6 +28,7 @@ from exporter.config import (
     ProxyConfig,
     StoreConfig,
     check_config_file,
+    read_account_key,
     read_api_key,
     world_readable,
 )
@@ -56,7 +58,10 @@ def check_everything(
     found: list[Finding] = []
     api, api_server = sections.get("api"), sections.get("api_server")
     store, discovery = sections.get("store"), sections.get("discovery")
-    if isinstance(api, ApiConfig):
+    accounts = sections.get("accounts")
+    if isinstance(accounts, list) and accounts:
+        found += _account_key_findings(accounts, env)
+    elif isinstance(api, ApiConfig):
         found += _api_key_findings(api, env, config_file)
     if isinstance(api_server, ApiServerConfig):
         found += _token_findings(api_server, env)
@@ -106,6 +111,51 @@ def _api_key_findings(api: ApiConfig, env: Mapping[str, str], source: str) -> li
         if loose:
             found.append(Finding("api.key_file", loose, warning=True))
     return found
+
+
+def _account_key_findings(accounts: list[AccountConfig], env: Mapping[str, str]) -> list[Finding]:
+    """Each account's key: readable and usable; a variable not set yet is a warning."""
+    config = Config(accounts=accounts)
+    found = []
+    for index, account in enumerate(accounts):
+        try:
+            key = read_account_key(config, index, env)
+        except ConfigError as exc:
+            found += [Finding(*_split(problem)) for problem in exc.problems]
+            continue
+        if key is None:
+            found.append(
+                Finding(
+                    f"accounts[{index}].key_env",
+                    f"${account.key_env} is not set: `run` needs the key of account {account.name}",
+                    warning=True,
+                )
+            )
+        if account.key_file is not None:
+            loose = world_readable(account.key_file)
+            if loose:
+                found.append(Finding(f"accounts[{index}].key_file", loose, warning=True))
+    return found
+
+
+def _account_lines(config: Config, env: Mapping[str, str]) -> list[str]:
+    """One line per account: where its key comes from and whether it is there (never
+    the key)."""
+    lines = []
+    for account in config.accounts:
+        if account.key_file is not None:
+            where, there = f"key from {account.key_file}", account.key_file.is_file()
+        else:
+            where, there = (
+                f"key from ${account.key_env}",
+                bool(env.get(account.key_env or "", "").strip()),
+            )
+        rps = account.requests_per_second or config.polling.requests_per_second
+        lines.append(
+            f"  account {account.name}: {where} ({'found' if there else 'not found'}), "
+            f"at most {rps:g} requests/s"
+        )
+    return lines
 
 
 def _split(problem: str) -> tuple[str, str]:
@@ -234,9 +284,12 @@ def _summary(
             f"API key from ${API_KEY_ENV}" if env.get(API_KEY_ENV, "").strip() else "no API key yet"
         )
     )
+    if config.accounts:
+        key_source = f"{len(config.accounts)} accounts, each with its own key and budget"
     polling = config.polling
     lines = [
         f"upstream: {config.api.base_url} ({key_source})",
+        *_account_lines(config, env),
         f"polling: {polling.strategy}, a cycle every {polling.cycle_interval_seconds:g} s, "
         f"at most {polling.requests_per_second:g} requests/s",
         "store: "

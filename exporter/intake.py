@@ -28,6 +28,8 @@ from exporter.store.base import IntakeStore
 log = logging.getLogger(__name__)
 LIMIT_SETTING = "store.max_tracked_tasks"
 REASONS = ("limit", "invalid")
+# With several accounts: a task naming an account that is not configured.
+ACCOUNT_REASON = "account"
 LOG_INTERVAL_SECONDS = 300.0
 
 
@@ -76,9 +78,18 @@ class Admission:
 
 
 class TaskIntake:
-    def __init__(self, store: IntakeStore, registry: CollectorRegistry, limit: int) -> None:
+    def __init__(
+        self,
+        store: IntakeStore,
+        registry: CollectorRegistry,
+        limit: int,
+        accounts: Sequence[str] | None = None,
+    ) -> None:
+        """`accounts`: the configured accounts' names (None: one account, no check)."""
         self._store = store
         self.limit = limit
+        self.accounts = frozenset(accounts) if accounts is not None else None
+        self._reasons = REASONS if accounts is None else (*REASONS, ACCOUNT_REASON)
         Gauge(
             "lemondata_tracked_tasks_limit",
             f"The most unfinished tasks the store tracks ({LIMIT_SETTING}); "
@@ -88,7 +99,8 @@ class TaskIntake:
         self._rejected = Counter(
             "lemondata_tasks_rejected_total",
             "Tasks offered by a source but not tracked, by source and reason "
-            "(limit: the store was full; invalid: the task was malformed).",
+            "(limit: the store was full; invalid: the task was malformed; account: it "
+            "named no configured account).",
             ["source", "reason"],
             registry=registry,
         )
@@ -98,7 +110,7 @@ class TaskIntake:
     def add_sources(self, names: Iterable[str]) -> None:
         """Series at zero for these sources, so that the first rejection is an increase."""
         for name in names:
-            for reason in REASONS:
+            for reason in self._reasons:
                 self._rejected.labels(name, reason)
 
     def tracked(self) -> int:
@@ -110,9 +122,21 @@ class TaskIntake:
         little room has its new tasks taken in order until the store is full."""
         if not tasks:
             return Admission([], 0)
+        accounts = self.accounts
+        if accounts is not None and any(task.account not in accounts for task in tasks):
+            # Never put under another account: refused, counted, the rest goes on.
+            unknown = sum(1 for task in tasks if task.account not in accounts)
+            self.reject(source, ACCOUNT_REASON, unknown)
+            tasks = [task for task in tasks if task.account in accounts]
+            return self._admit(source, tasks, unknown)
+        return self._admit(source, tasks, 0)
+
+    def _admit(self, source: str, tasks: Sequence[DiscoveredTask], refused: int) -> Admission:
+        if not tasks:
+            return Admission([], refused)
         room = self.limit - self.tracked()
         if room >= len(tasks):
-            return Admission(list(tasks), 0)
+            return Admission(list(tasks), refused)
         known = [task for task in tasks if self._store.get(task.task_id) is not None]
         known_ids = {task.task_id for task in known}
         new = [task for task in tasks if task.task_id not in known_ids]
@@ -120,7 +144,7 @@ class TaskIntake:
         rejected = len(new) - len(taken)
         if rejected:
             self.reject(source, "limit", rejected)
-        return Admission(known + taken, rejected)
+        return Admission(known + taken, rejected + refused)
 
     def would_reject(self, tasks: Sequence[DiscoveredTask]) -> int:
         """How many of `tasks` are new and would not fit (nothing is counted)."""
@@ -133,13 +157,22 @@ class TaskIntake:
     def reject(self, source: str, reason: str, count: int = 1) -> None:
         """Count `count` tasks turned away; log once per interval and source."""
         self._rejected.labels(source, reason).inc(count)
-        if reason != "limit":
+        if reason not in ("limit", ACCOUNT_REASON):
             return
         now = time.monotonic()
         with self._lock:
-            if now - self._last_log.get(source, -LOG_INTERVAL_SECONDS) < LOG_INTERVAL_SECONDS:
+            last = self._last_log.get(f"{source}:{reason}", -LOG_INTERVAL_SECONDS)
+            if now - last < LOG_INTERVAL_SECONDS:
                 return
-            self._last_log[source] = now
+            self._last_log[f"{source}:{reason}"] = now
+        if reason == ACCOUNT_REASON:
+            log.warning(
+                "%s: %d task(s) not tracked: they name no configured account (accounts); "
+                "lemondata_tasks_rejected_total counts every one",
+                source,
+                count,
+            )
+            return
         log.warning(
             "%s: %d task(s) not tracked: %d unfinished tasks is the limit (%s); "
             "lemondata_tasks_rejected_total counts every one",

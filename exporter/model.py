@@ -43,6 +43,16 @@ def valid_task_id(task_id: str) -> bool:
     return bool(TASK_ID_PATTERN.fullmatch(task_id))  # `$` alone would accept a final newline
 
 
+# The account of every task when the config lists no `accounts:` (one key).
+DEFAULT_ACCOUNT = "default"
+# An account's name: a metric label value and part of Redis key names, so short and plain.
+ACCOUNT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def valid_account(name: str) -> bool:
+    return bool(ACCOUNT_PATTERN.fullmatch(name))
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoveredTask:
     """A task ID offered by a discovery source."""
@@ -51,6 +61,7 @@ class DiscoveredTask:
     source: str
     model: str | None = None
     poll_url: str | None = None  # a path on the API base, checked by discovery
+    account: str = DEFAULT_ACCOUNT  # whose key polls it (config `accounts:`)
 
 
 @dataclass(slots=True)
@@ -79,6 +90,7 @@ class Task:
     # true (upstream `updated`, or ours): adaptive polling extrapolates from it.
     progress: float | None = None
     progress_at: float | None = None
+    account: str = DEFAULT_ACCOUNT  # whose key polls it; never changes
 
 
 # A task's fields, in the one order every store uses (SQLite's columns, rows).
@@ -160,40 +172,24 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class TaskUpdate:
-    status: Status
-    next_poll_at: float
-    consecutive_errors: int
-    created: float | None
-    model: str | None
-    first_seen: float | None
-    processing_seen: float | None
-    last_polled: float | None
-    pending_seconds: float | None = None  # to observe now (first sight of processing)
+    """What one poll did: the task's next state and what to record of it.
+
+    `task.reason` is not decided with the rest: the failure reason of a failed
+    finish is classified afterwards and handed to the store beside the update."""
+
+    task: Task  # the next state of every field in APPLIED_FIELDS
     finish: Finish | None = None
+    pending_seconds: float | None = None  # to observe now (first sight of processing)
     error_kind: str | None = None  # an `api_errors_total` kind found in a 200 body
-    last_error: str | None = None
-    progress: float | None = None
-    progress_at: float | None = None
-
-    def changes(self, now: float, reason: str | None) -> dict[str, object]:
-        """The `Task` fields this poll's result sets, in `APPLIED_FIELDS` order (a
-        store also counts `attempts` up): the one place every store takes them from."""
-        finish = self.finish
-        values: dict[str, object] = {name: getattr(self, name) for name in _POLLED_FIELDS}
-        values["finished_at"] = now if finish else None
-        values["duration_seconds"] = finish.duration if finish else None
-        values["reason"] = reason
-        values["error_message"] = finish.error_message if finish else None
-        return values
 
 
-# The fields of `TaskUpdate` that are a `Task`'s, copied as they are; the rest
-# describe the poll (what to observe, record) or are derived from `finish`.
-_POLLED_FIELDS = tuple(field.name for field in fields(TaskUpdate) if field.name in TASK_FIELDS)
-APPLIED_FIELDS: tuple[str, ...] = (
-    *_POLLED_FIELDS,
-    "finished_at",
-    "duration_seconds",
-    "reason",
-    "error_message",
+# The fields of `Task` a poll sets, in the one order every store writes them: all
+# but the task's identity and origin (its account included), `attempts` (a store
+# counts it up) and `reason` (classified after the poll; the store is handed it
+# beside the update).
+APPLIED_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name in TASK_FIELDS
+    if name
+    not in ("task_id", "source", "poll_url", "discovered_at", "account", "attempts", "reason")
 )

@@ -166,6 +166,10 @@ FINISHED_STORE = "lemondata:store_tasks_finished:max"
 FAILURES_STORE = "lemondata:store_task_failures:max"
 
 COMPLETED = 'status="completed"'
+EXPIRED_OR_TIMEOUT = 'status=~"expired|timeout"'
+NOT_CANCELLED = 'status!="cancelled"'
+SERVICE_FAULT = 'class="service"'
+NOT_ANSWER_ERRORS = 'kind!~"not_found|rate_limited"'
 RATE_LIMITED = 'kind="rate_limited"'
 WAITING = 'status=~"unknown|pending"'
 KEY_REJECTED = 'state="key_rejected"'
@@ -203,6 +207,13 @@ def number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def selector_labels(selector: str) -> tuple[str, ...]:
+    """The label names a selector's matchers test, in order (quoted values ignored)."""
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', selector)
+    names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", unquoted)
+    return tuple(dict.fromkeys(names))
+
+
 def le_matcher(value: float) -> str:
     """A regular expression for the `le` label of a bucket bound, in either format."""
     if float(value).is_integer():
@@ -226,7 +237,14 @@ class Rules:
             )
         self.config = config
         self.shorten = shorten
-        self.topology = tuple(config.topology_labels)
+        # Recorded series keep the selector's labels too, so that rules reading
+        # them can select this bundle's series again: two bundles in one
+        # Prometheus then never read (and re-record) each other's.
+        kept = [label for label in selector_labels(config.selector) if label not in INSTANCE_LABELS]
+        self.topology = (
+            *config.topology_labels,
+            *(label for label in kept if label not in config.topology_labels),
+        )
         self.instance = (*self.topology, *(i for i in INSTANCE_LABELS if i not in self.topology))
 
     # ---- small builders ------------------------------------------------------------
@@ -394,10 +412,10 @@ class Rules:
         by = self.by("model")
         return (
             f"sum {by} (\n"
-            f'  rate({FINISHED_STORE}{{status=~"expired|timeout"}}[{w}])\n'
-            f'  or rate({FAILURES_STORE}{{class="service"}}[{w}])\n'
+            f"  rate({self.sel(FINISHED_STORE, EXPIRED_OR_TIMEOUT)}[{w}])\n"
+            f"  or rate({self.sel(FAILURES_STORE, SERVICE_FAULT)}[{w}])\n"
             f")\n"
-            f'/ sum {by} (rate({FINISHED_STORE}{{status!="cancelled"}}[{w}]))'
+            f"/ sum {by} (rate({self.sel(FINISHED_STORE, NOT_CANCELLED)}[{w}]))"
         )
 
     def latency_sli(self, window: str) -> str:
@@ -527,7 +545,7 @@ class Rules:
         last = r.sel("lemondata_api_last_answer_timestamp_seconds")
         where = r.where(instance=True)
         account = "lemondata_api_account_state"
-        requests = f"sum {r.by()} (instance_code:lemondata_api_requests:rate5m)"
+        requests = f"sum {r.by()} ({r.sel('instance_code:lemondata_api_requests:rate5m')})"
         latency_window = r.window("10m")
         return [
             r.alert(
@@ -563,7 +581,7 @@ class Rules:
             r.alert(
                 "LemonDataAPIErrorRatioHigh",
                 f"sum {r.by()} "
-                f'(instance_kind:lemondata_api_errors:rate5m{{kind!~"not_found|rate_limited"}})\n'
+                f"({r.sel('instance_kind:lemondata_api_errors:rate5m', NOT_ANSWER_ERRORS)})\n"
                 f"/ {requests}\n> {r.threshold('api_error_ratio')}",
                 "warning",
                 "Many LemonData API status requests fail",
@@ -587,7 +605,7 @@ class Rules:
             ),
             r.alert(
                 "LemonDataRateLimitBudgetLow",
-                "instance:lemondata_api_rate_limit_remaining:ratio"
+                f"{r.sel('instance:lemondata_api_rate_limit_remaining:ratio')}"
                 f" < {r.threshold('rate_limit_remaining_ratio')}",
                 "warning",
                 "The LemonData account of {{ $labels.instance }} is close to its rate limit",
@@ -634,8 +652,10 @@ class Rules:
                 alerts.append(
                     r.alert(
                         name,
-                        f"lemondata_slo:{sli}_errors:ratio_rate{burn.long} > {limit}\n"
-                        f"and\nlemondata_slo:{sli}_errors:ratio_rate{burn.short} > {limit}",
+                        f"{r.sel(f'lemondata_slo:{sli}_errors:ratio_rate{burn.long}')} "
+                        f"> {limit}\nand\n"
+                        f"{r.sel(f'lemondata_slo:{sli}_errors:ratio_rate{burn.short}')} "
+                        f"> {limit}",
                         burn.severity,
                         f"{{{{ $labels.model }}}} tasks burn the {sli} error budget fast"
                         if burn.severity == "critical"
@@ -650,16 +670,18 @@ class Rules:
                     )
                 )
         spent = (
-            f'increase({FINISHED_STORE}{{status=~"expired|timeout"}}[{r.window("1h")}])\n'
-            f'  or increase({FAILURES_STORE}{{class="service"}}[{r.window("1h")}])'
+            f"increase({r.sel(FINISHED_STORE, EXPIRED_OR_TIMEOUT)}[{r.window('1h')}])\n"
+            f"  or increase({r.sel(FAILURES_STORE, SERVICE_FAULT)}[{r.window('1h')}])"
         )
         ratio = r.threshold("low_volume_error_ratio")
         alerts.append(
             r.alert(
                 "LemonDataTasksFailingLowVolume",
                 f"sum {r.by('model')} (\n  {spent}\n) >= {r.threshold('low_volume_min_errors')}\n"
-                f"and {r.on('model')} lemondata_slo:availability_errors:ratio_rate1h >= {ratio}\n"
-                f"unless {r.on('model')} lemondata_slo:availability_errors:ratio_rate30m < {ratio}",
+                f"and {r.on('model')} {r.sel('lemondata_slo:availability_errors:ratio_rate1h')}"
+                f" >= {ratio}\n"
+                f"unless {r.on('model')} "
+                f"{r.sel('lemondata_slo:availability_errors:ratio_rate30m')} < {ratio}",
                 "critical",
                 "{{ $labels.model }} tasks keep failing",
                 f"At least {r.threshold('low_volume_min_errors')} {{{{ $labels.model }}}} tasks "
@@ -668,15 +690,16 @@ class Rules:
                 "are no better. It catches models with too few tasks for the burn-rate alerts.",
             )
         )
+        user_failures = r.sel(FAILURES_STORE, 'class="user"')
         alerts.append(
             r.alert(
                 "LemonDataUserFailuresHigh",
                 f"sum {r.by('model')} "
-                f'(increase({FAILURES_STORE}{{class="user"}}[{r.window("1h")}]))'
+                f"(increase({user_failures}[{r.window('1h')}]))"
                 f" >= {r.threshold('user_failure_min_count')}\n"
-                f'and {r.on("model")} sum {r.by("model")} (rate({FAILURES_STORE}{{class="user"}}'
+                f"and {r.on('model')} sum {r.by('model')} (rate({user_failures}"
                 f"[{r.window('1h')}]))\n"
-                f'/ sum {r.by("model")} (rate({FINISHED_STORE}{{status!="cancelled"}}'
+                f"/ sum {r.by('model')} (rate({r.sel(FINISHED_STORE, NOT_CANCELLED)}"
                 f"[{r.window('1h')}]))\n> {r.threshold('user_failure_ratio')}",
                 "info",
                 "Many {{ $labels.model }} tasks are refused for their prompt or parameters",
@@ -689,7 +712,7 @@ class Rules:
         oldest = f"max {r.by('model')} ({r.sel('lemondata_task_processing_oldest_age_seconds')})"
         usual = (
             f"clamp_min({r.threshold('stuck_factor')} * "
-            f"(model:lemondata_task_duration_seconds:p95_rate1d >= 0), "
+            f"({r.sel('model:lemondata_task_duration_seconds:p95_rate1d')} >= 0), "
             f"{r.threshold('stuck_min_seconds')})"
         )
         fallback = f"0 * {oldest} + {r.threshold('stuck_no_history_seconds')}"

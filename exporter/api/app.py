@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from pydantic import SecretStr
@@ -33,7 +33,14 @@ from exporter.api.validation import (
     parse_registration,
     task_id_from_path,
 )
-from exporter.intake import LIMIT_SETTING, RegistrationRecorder, TaskIntake, register_tasks
+from exporter.intake import (
+    ACCOUNT_REASON,
+    LIMIT_SETTING,
+    RegistrationRecorder,
+    TaskIntake,
+    register_tasks,
+)
+from exporter.model import DEFAULT_ACCOUNT
 from exporter.store.base import IntakeStore, TaskReader
 from exporter.store.guard import StoreUnavailable
 
@@ -68,15 +75,19 @@ class TaskApi:
         max_batch_size: int = 500,
         clock: Callable[[], float] = time.time,
         intake: TaskIntake | None = None,
+        accounts: Sequence[str] = (DEFAULT_ACCOUNT,),
     ) -> None:
+        """`accounts`: the configured accounts' names, the first taking tasks that
+        name none."""
         self.store = store
+        self.accounts = tuple(accounts)
         self.recorder = recorder
         self.max_body_bytes = max_body_bytes
         self.max_batch_size = max_batch_size
         self._check = BearerCheck(token) if token is not None else None
         self._clock = clock
         self._intake = intake
-        self._openapi = _encode(openapi_document(max_batch_size))
+        self._openapi = _encode(openapi_document(max_batch_size, self.accounts))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -159,10 +170,11 @@ class TaskApi:
     def _register(self, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
         body = self._read_body(environ)
         try:
-            tasks = parse_registration(parse_json(body), self.max_batch_size)
-        except ApiError:
+            tasks = parse_registration(parse_json(body), self.max_batch_size, self.accounts)
+        except ApiError as exc:
             if self._intake is not None:
-                self._intake.reject(SOURCE, "invalid")
+                unknown = exc.code == "unknown_account" and self._intake.accounts is not None
+                self._intake.reject(SOURCE, ACCOUNT_REASON if unknown else "invalid")
             raise
         if self._intake is not None:
             # All or nothing: a client retries the same batch once there is room.

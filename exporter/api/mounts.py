@@ -57,6 +57,7 @@ class WebApis:
             max_body_bytes=settings.max_body_bytes,
             max_batch_size=settings.max_batch_size,
             intake=intake,
+            accounts=self.config.account_names,
         )
         status_page: WSGIApp = StatusPage(store)
         if settings.status_page_auth == "token" and self.token is not None:

@@ -8,6 +8,7 @@ from the config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from exporter import __version__
@@ -21,7 +22,7 @@ from exporter.api.validation import (
     POLL_URL_PATTERN,
     TASK_ID_REGEX,
 )
-from exporter.model import Status
+from exporter.model import DEFAULT_ACCOUNT, Status
 
 PREFIX = "/api/v1"
 JSON = "application/json"
@@ -63,8 +64,11 @@ _TASK_ID_PARAMETER = {
 }
 
 
-def openapi_document(max_batch_size: int) -> dict[str, Any]:
-    """The whole document; `max_batch_size` is `api_server.max_batch_size`."""
+def openapi_document(
+    max_batch_size: int, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> dict[str, Any]:
+    """The whole document; `max_batch_size` is `api_server.max_batch_size`, `accounts`
+    the configured accounts' names."""
     registration = {
         "type": "object",
         "required": ["task_id"],
@@ -91,6 +95,13 @@ def openapi_document(max_batch_size: int) -> dict[str, Any]:
                 "maxLength": MAX_POLL_URL_CHARS,
                 "description": "The create call's `poll_url`: a path on the configured API "
                 "base, never another host. Without it the task is polled on `api.status_path`.",
+            },
+            "account": {
+                "type": "string",
+                "enum": list(accounts),
+                "description": "The configured account (`accounts:`) whose key created the "
+                "task and polls it; default the first. An account that is not configured is "
+                "refused (400 `unknown_account`).",
             },
         },
     }

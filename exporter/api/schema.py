@@ -36,6 +36,10 @@ class TaskBody(_Body):
         "source's name (`file`, ...)."
     )
     model: str | None = Field(description="The model, when someone said which.")
+    account: str = Field(
+        description="The account whose key polls it (`default` when the config lists no "
+        "`accounts:`)."
+    )
     poll_url: str | None = Field(
         description="The path the task is polled on; null: the configured `api.status_path`."
     )
@@ -93,6 +97,7 @@ def _task_values(task: Task) -> dict[str, Any]:
         "task_id": task.task_id,
         "source": task.source,
         "model": task.model,
+        "account": task.account,
         "poll_url": task.poll_url,
         "status": task.status.value,
         "discovered_at": _number(task.discovered_at) or 0.0,

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from exporter.config import check_poll_path
-from exporter.model import TASK_ID_PATTERN, DiscoveredTask, Status, valid_task_id
+from exporter.model import (
+    ACCOUNT_PATTERN,
+    DEFAULT_ACCOUNT,
+    TASK_ID_PATTERN,
+    DiscoveredTask,
+    Status,
+    valid_task_id,
+)
 
 SOURCE = "api"  # the `source` of registered tasks, and their discovered_total label
 
@@ -40,7 +48,7 @@ _SEGMENT = (
 _QUERY = r"\?[\x21\x22\x24-\x5b\x5d-\x7e]*"
 POLL_URL_PATTERN = rf"^/(?:{_SEGMENT}(?:/(?:{_SEGMENT})?)*)?(?:{_QUERY})?$"
 TASK_ID_TEXT = "1-128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"
-TASK_FIELDS = ("task_id", "model", "poll_url")
+TASK_FIELDS = ("task_id", "model", "poll_url", "account")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 LIST_PARAMETERS = ("status", "model", "limit", "cursor")
@@ -103,7 +111,24 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _parse_task(data: Any, field: str) -> DiscoveredTask:
+def _check_account(data: dict[str, Any], field: str, accounts: Sequence[str]) -> str:
+    """The task's account: the one it names, else the first configured."""
+    if "account" not in data:
+        return accounts[0]
+    account = data["account"]
+    # The value is never echoed: a caller may have put a key there by mistake.
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account):
+        raise bad_request(
+            "invalid_account", f"{field}: must be an account name (a-z 0-9 _ -, at most 32)"
+        )
+    if account not in accounts:
+        raise bad_request("unknown_account", f"{field}: not one of the configured accounts")
+    return account
+
+
+def _parse_task(
+    data: Any, field: str, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> DiscoveredTask:
     if not isinstance(data, dict):
         raise bad_request("invalid_body", f"{field}: must be a JSON object")
     unknown = sorted(set(data) - set(TASK_FIELDS))
@@ -129,7 +154,8 @@ def _parse_task(data: Any, field: str) -> DiscoveredTask:
         if not isinstance(poll_url, str):
             raise bad_request("invalid_poll_url", f"{prefix}poll_url: must be a string")
         _check_poll_url(poll_url, f"{prefix}poll_url")
-    return DiscoveredTask(task_id, SOURCE, model=model, poll_url=poll_url)
+    account = _check_account(data, f"{prefix}account", accounts)
+    return DiscoveredTask(task_id, SOURCE, model=model, poll_url=poll_url, account=account)
 
 
 def _name(key: str) -> str:
@@ -138,16 +164,19 @@ def _name(key: str) -> str:
     return json.dumps(shown) + ("..." if len(key) > 40 else "")
 
 
-def parse_registration(data: Any, max_batch: int) -> list[DiscoveredTask]:
+def parse_registration(
+    data: Any, max_batch: int, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> list[DiscoveredTask]:
     """One task (`{"task_id": ...}`) or a batch (`{"tasks": [...]}`), deduplicated.
 
     Duplicate IDs in a batch are accepted (registration is idempotent); the
-    first occurrence wins.
+    first occurrence wins. `accounts`: the configured names; a task naming none
+    belongs to the first.
     """
     if not isinstance(data, dict):
         raise bad_request("invalid_body", "the body must be a JSON object")
     if "tasks" not in data:
-        return [_parse_task(data, "body")]
+        return [_parse_task(data, "body", accounts)]
     unknown = sorted(set(data) - {"tasks"})
     if unknown:
         raise bad_request(
@@ -166,7 +195,7 @@ def parse_registration(data: Any, max_batch: int) -> list[DiscoveredTask]:
         )
     tasks: dict[str, DiscoveredTask] = {}
     for index, item in enumerate(items):
-        task = _parse_task(item, f"tasks[{index}]")
+        task = _parse_task(item, f"tasks[{index}]", accounts)
         tasks.setdefault(task.task_id, task)
     return list(tasks.values())
 

@@ -18,16 +18,17 @@ from typing import BinaryIO
 
 from exporter.config import check_poll_path
 from exporter.discovery.base import DiscoveryBatch
-from exporter.model import DiscoveredTask, valid_task_id
+from exporter.model import DEFAULT_ACCOUNT, DiscoveredTask, valid_task_id
 
 MAX_LINE_BYTES = 4096
 MAX_READ_BYTES = 1 << 20  # per pass; a large backlog is taken in steps
 
 
 class FileSource:
-    def __init__(self, path: Path, name: str = "file") -> None:
+    def __init__(self, path: Path, name: str = "file", account: str = DEFAULT_ACCOUNT) -> None:
         self.path = path
         self.name = name
+        self.account = account  # of every task in the file
         self._missing_reported = False
 
     def discover(self, state: str | None) -> DiscoveryBatch:
@@ -83,7 +84,7 @@ class FileSource:
         if not line.startswith("{"):
             if not valid_task_id(line):
                 return "not a valid task ID"
-            return DiscoveredTask(line, self.name)
+            return DiscoveredTask(line, self.name, account=self.account)
         try:
             data = json.loads(line)
         except ValueError:
@@ -101,7 +102,9 @@ class FileSource:
                 check_poll_path(poll_url if isinstance(poll_url, str) else "")
             except ValueError as exc:
                 return f"poll_url {exc}"
-        return DiscoveredTask(task_id, self.name, model=model or None, poll_url=poll_url)
+        return DiscoveredTask(
+            task_id, self.name, model=model or None, poll_url=poll_url, account=self.account
+        )
 
 
 def _parse_state(state: str | None) -> tuple[int, int, int]:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import redis
 
 from exporter.config import check_poll_path
 from exporter.discovery.base import DiscoveryBatch
-from exporter.model import DiscoveredTask, valid_task_id
+from exporter.model import DEFAULT_ACCOUNT, DiscoveredTask, valid_task_id
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_SECONDS = 10.0
@@ -39,8 +39,11 @@ MAX_MODEL_CHARS = 256
 Entry = tuple[str, dict[str, str] | None]
 
 
-def parse_entry(fields: dict[str, str] | None) -> DiscoveredTask | str:
-    """An entry's task, or why it cannot be used."""
+def parse_entry(
+    fields: dict[str, str] | None, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> DiscoveredTask | str:
+    """An entry's task, or why it cannot be used. `accounts`: the configured names,
+    the first being the account of an entry without an `account` field."""
     if not fields:
         return "entry has no fields (deleted?)"
     task_id = fields.get("task_id") or fields.get("id")
@@ -55,7 +58,10 @@ def parse_entry(fields: dict[str, str] | None) -> DiscoveredTask | str:
             check_poll_path(poll_url)
         except ValueError as exc:
             return f"poll_url {exc}"
-    return DiscoveredTask(task_id, "", model=model, poll_url=poll_url)
+    account = fields.get("account") or accounts[0]
+    if account not in accounts:  # never echoed: it may be anything, even a key
+        return "account is not one of the configured accounts"
+    return DiscoveredTask(task_id, "", model=model, poll_url=poll_url, account=account)
 
 
 class RedisStreamSource:
@@ -70,6 +76,7 @@ class RedisStreamSource:
         known: Callable[[list[str]], set[str]],
         *,
         name: str = "stream",
+        accounts: Sequence[str] = (DEFAULT_ACCOUNT,),
         claim_idle_seconds: float = 30.0,
         batch_size: int = 500,
         clock: Callable[[], float] = time.monotonic,
@@ -79,6 +86,7 @@ class RedisStreamSource:
         self.group = group
         self.consumer = consumer
         self.name = name
+        self._accounts = tuple(accounts)
         self._known = known  # which of these task IDs the store has
         self._claim_idle_ms = int(claim_idle_seconds * 1000)
         self._batch = batch_size
@@ -99,7 +107,7 @@ class RedisStreamSource:
         acked = self._settle(earlier, offered, errors)
         # Then new entries.
         for entry_id, fields in self._read(">"):
-            task = parse_entry(fields)
+            task = parse_entry(fields, self._accounts)
             if isinstance(task, str):
                 errors.append(f"{self.stream} entry {entry_id}: {task}")
                 self._ack([entry_id])
@@ -170,7 +178,7 @@ class RedisStreamSource:
         tasks: dict[str, DiscoveredTask] = {}
         done: list[str] = []
         for entry_id, fields in entries:
-            task = parse_entry(fields)
+            task = parse_entry(fields, self._accounts)
             if isinstance(task, str):
                 errors.append(f"{self.stream} entry {entry_id}: {task}")
                 done.append(entry_id)
@@ -225,7 +233,9 @@ class RedisStreamSource:
 
 
 def _named(task: DiscoveredTask, source: str) -> DiscoveredTask:
-    return DiscoveredTask(task.task_id, source, model=task.model, poll_url=task.poll_url)
+    return DiscoveredTask(
+        task.task_id, source, model=task.model, poll_url=task.poll_url, account=task.account
+    )
 
 
 def _unique(tasks: Iterable[DiscoveredTask]) -> list[DiscoveredTask]:

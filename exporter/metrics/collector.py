@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -21,8 +21,12 @@ class TaskStoreCollector(Collector):
         clock: Callable[[], float] = time.time,
         recorder: Recorder | None = None,
         reports: Callable[[], bool] = lambda: True,
+        accounts: Sequence[str] | None = None,
     ) -> None:
+        """`accounts`: with several accounts, their names: `lemondata_tasks` then has
+        an `account` label (each account's series, zeros included)."""
         self._store = store
+        self._accounts = tuple(accounts) if accounts is not None else None
         # Whether this replica exports the store-wide gauges: a store shared by
         # several replicas names one of them, so that summing over replicas, as
         # dashboards do, does not multiply the counts (see backends.py).
@@ -38,7 +42,11 @@ class TaskStoreCollector(Collector):
         try:
             if not self._reports():
                 return  # another replica sharing this store reports them
-            counts = self._store.count_by_status()
+            counts: dict[str | None, Mapping[Status, int]] = {}
+            if self._accounts is None:
+                counts[None] = self._store.count_by_status()
+            else:
+                counts.update(self._store.count_by_account())
             oldest = self._store.oldest_active()
             processing = self._store.oldest_processing_by_model()
         except STORE_ERRORS:
@@ -46,14 +54,7 @@ class TaskStoreCollector(Collector):
             # and lemondata_store_errors_total say why these are missing.
             return
         now = self._clock()
-        tasks = GaugeMetricFamily(
-            "lemondata_tasks",
-            "Tasks in the store now, by last seen status (finished ones until the retention).",
-            labels=["status"],
-        )
-        for status in Status:
-            tasks.add_metric([status.value], counts.get(status, 0))
-        yield tasks
+        yield self._tasks(counts)
         age = GaugeMetricFamily(
             "lemondata_task_oldest_age_seconds",
             "Age (now - created) of the oldest unfinished task in each status; 0 when none.",
@@ -65,6 +66,21 @@ class TaskStoreCollector(Collector):
         yield age
         if self._recorder is not None:
             yield self._processing_age(self._recorder, now, processing)
+
+    def _tasks(self, counts: Mapping[str | None, Mapping[Status, int]]) -> GaugeMetricFamily:
+        accounts = self._accounts
+        tasks = GaugeMetricFamily(
+            "lemondata_tasks",
+            "Tasks in the store now, by last seen status (finished ones until the retention)"
+            + (", per account." if accounts is not None else "."),
+            labels=["status"] if accounts is None else ["account", "status"],
+        )
+        for account in accounts if accounts is not None else (None,):
+            found = counts.get(account, {})
+            for status in Status:
+                labels = [status.value] if account is None else [account, status.value]
+                tasks.add_metric(labels, found.get(status, 0))
+        return tasks
 
     def _processing_age(
         self, recorder: Recorder, now: float, processing: dict[str | None, float]

@@ -111,8 +111,11 @@ class Recorder:
         budget_rps: float,
         reason_classes: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        model_labels: ModelLabels | None = None,
     ) -> None:
-        self.model_label = ModelLabels(max_models)
+        """`model_labels`: shared by the Recorders of several accounts, so that the
+        cap on model labels is one for all of them."""
+        self.model_label = model_labels or ModelLabels(max_models)
         classes = dict(reason_classes or {})
         self.reason_classes = {r: classes.get(r) or default_failure_class(r) for r in reasons}
         # Model label -> scrape number when it was first known (-1: known at the start).
@@ -183,6 +186,8 @@ class Recorder:
             ["code"],
             registry=registry,
         )
+        # Its child per code, looked up once: every request counts here.
+        self._requests_by_code: dict[int | None, Counter] = {}
         self.api_probes = Counter(
             "lemondata_api_probes",
             "Status requests for a task that does not exist, sent when no other request "
@@ -341,7 +346,11 @@ class Recorder:
         self.discovery_errors.labels(source).inc()
 
     def api_response(self, outcome: PollOutcome, probe: bool = False) -> None:
-        self.api_requests.labels(str(outcome.code) if outcome.code else "none").inc()
+        requests = self._requests_by_code.get(outcome.code)
+        if requests is None:
+            requests = self.api_requests.labels(str(outcome.code) if outcome.code else "none")
+            self._requests_by_code[outcome.code] = requests
+        requests.inc()
         self.api_latency.observe(outcome.latency)
         if probe:
             self.api_probes.inc()
@@ -395,7 +404,7 @@ class Recorder:
         # A held increment is applied later in a batch: it carries no exemplar.
         self._count(counts, exemplar)
         if finish.duration is not None:
-            self._observe_duration(label, finish, update.created, seen_at, exemplar)
+            self._observe_duration(label, finish, update.task.created, seen_at, exemplar)
 
     def _observe_duration(
         self,
@@ -453,7 +462,7 @@ class PollRecording(PollListener):
 
     def changed(self, change: Change) -> None:
         self._recorder.task_update(
-            change.model, change.update, change.reason, change.seen_at, change.task.task_id
+            change.model, change.update, change.reason, change.seen_at, change.before.task_id
         )
 
     def reachable(self, answered: bool) -> None:

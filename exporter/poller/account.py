@@ -61,18 +61,22 @@ class AccountWatcher(PollListener):
     once per episode and handed to `on_state` (the metric). A redirect (a wrong
     `api.base_url`) is logged once per episode too."""
 
-    def __init__(self, on_state: Callable[[str], None] = lambda state: None) -> None:
+    def __init__(
+        self, on_state: Callable[[str], None] = lambda state: None, account: str | None = None
+    ) -> None:
+        """`account`: the name of one of several accounts, for the log."""
         self.state = AccountState.OK
         self._on_state = on_state
         self._redirected = False
+        self._whose = f"account {account}: " if account else ""
 
     def answer(self, outcome: PollOutcome, probe: bool) -> None:
         state = account_state_after(self.state, outcome.kind)
         if state is not self.state:
             if state is AccountState.OK:
-                log.info("%s", MESSAGES[state])
+                log.info("%s%s", self._whose, MESSAGES[state])
             else:
-                log.error("%s", MESSAGES[state])
+                log.error("%s%s", self._whose, MESSAGES[state])
             self.state = state
             self._on_state(state.value)
         if outcome.kind is OutcomeKind.REDIRECT and not self._redirected:

@@ -16,19 +16,20 @@ from exporter.model import PollOutcome, Task, TaskUpdate
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A change the store accepted: `task` as it was, `update` as it is now.
+    """A change the store accepted: `before` is the task as polled, `update.task`
+    the task now.
 
     `seen_at` is when the API saw the task so; `reason` is the failure reason
     of a failed finish, else None."""
 
-    task: Task
+    before: Task
     update: TaskUpdate
     reason: str | None
     seen_at: float
 
     @property
     def model(self) -> str | None:
-        return self.update.model
+        return self.update.task.model
 
 
 @dataclass(frozen=True, slots=True)

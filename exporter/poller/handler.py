@@ -88,7 +88,7 @@ class OutcomeHandler:
         if finish.status is Status.FAILED:
             reason = self._classifier.classify(finish.error_message)
         labels = FinishLabels(
-            self._model_label(update.model),
+            self._model_label(update.task.model),
             finish.status.value,
             reason,
             self._classifier.class_of(reason) if reason is not None else None,

@@ -65,10 +65,12 @@ class SharedRequestBudget:
         burst: float | None = None,
         *,
         prefix: str = "lemondata:",
+        key: str = "budget",
     ) -> None:
+        """`key`: where the budget is kept under `prefix` (one per account)."""
         self.rate = rate
         self.burst = burst if burst is not None else max(1.0, rate)
-        self._keys = [prefix + "budget", prefix + "budget:pause"]
+        self._keys = [prefix + key, prefix + key + ":pause"]
         self._reserve = client.register_script(_RESERVE)
         self._pause = client.register_script(_PAUSE)
 

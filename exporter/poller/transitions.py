@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from dataclasses import replace as _replace
+from operator import attrgetter
+from typing import Any
 
 from exporter.model import (
+    TASK_FIELDS,
     UNKNOWN_STATUS_KIND,
     Finish,
     OutcomeKind,
@@ -33,6 +35,7 @@ _REPORTED_STATUSES = {
 _CANCELLED_TEXT = re.compile(r"(?i)\bcancell?ed\b")
 # Durations are observed for tasks that ran to an end upstream.
 _TIMED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+_TASK_VALUES = attrgetter(*TASK_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,25 +68,37 @@ def decide(
     # error or an unknown status in between says nothing).
     report = outcome.report if outcome.kind is OutcomeKind.REPORT else None
     status_known = report is not None and report.status in _REPORTED_STATUSES
-    base = TaskUpdate(
-        status=task.status,
-        next_poll_at=now + policy.task_interval,
-        consecutive_errors=0,
-        created=task.created,
-        model=task.model,
-        first_seen=task.first_seen,
-        processing_seen=task.processing_seen,
-        last_polled=now if status_known else task.last_polled,
-        progress=task.progress,
-        progress_at=task.progress_at,
-    )
-    if outcome.kind is OutcomeKind.REPORT and outcome.report is not None:
-        update = _apply_report(task, outcome.report, now, policy, jitter, base, plan)
+    # What a healthy poll sets; the outcome's own changes are laid over it.
+    changes: dict[str, Any] = {
+        "next_poll_at": now + policy.task_interval,
+        "consecutive_errors": 0,
+        "last_polled": now if status_known else task.last_polled,
+        "last_error": None,
+    }
+    finish = pending_seconds = error_kind = None
+    if report is not None:
+        finish, pending_seconds, error_kind = _apply_report(
+            task, report, now, policy, jitter, plan, changes
+        )
     elif outcome.kind is OutcomeKind.NOT_FOUND:
-        update = _replace(base, status=Status.EXPIRED, finish=Finish(Status.EXPIRED))
+        finish = Finish(Status.EXPIRED)
     else:
-        update = _after_error(task, outcome, now, policy, jitter, base)
-    return _maybe_time_out(task, update, now, policy)
+        _after_error(task, outcome, now, policy, jitter, changes)
+    if finish is None:
+        finish = _time_out(task, changes.get("created", task.created), now, policy)
+    if finish is not None:
+        changes["status"] = finish.status
+    changes.update(
+        finished_at=now if finish else None,
+        duration_seconds=finish.duration if finish else None,
+        error_message=finish.error_message if finish else None,
+    )
+    # One copy of the polled task (the caller's stays as it was) with the changes
+    # set on it: a third of what `dataclasses.replace` costs, on every poll.
+    after = Task(*_TASK_VALUES(task))
+    for name, value in changes.items():
+        setattr(after, name, value)
+    return TaskUpdate(after, finish, pending_seconds, error_kind)
 
 
 def _apply_report(
@@ -92,28 +107,27 @@ def _apply_report(
     now: float,
     policy: PollPolicy,
     jitter: float,
-    base: TaskUpdate,
     plan: Planner | None,
-) -> TaskUpdate:
+    changes: dict[str, Any],
+) -> tuple[Finish | None, float | None, str | None]:
+    """Lays a status answer's changes over `changes`; returns (finish, pending
+    seconds to observe, an `api_errors_total` kind found in the body)."""
     created = (
         task.created if task.created is not None else _valid_created(report.created, now, policy)
     )
     model = task.model or report.model
-    first_seen = task.first_seen if task.first_seen is not None else now
+    changes.update(created=created, model=model)
+    changes["first_seen"] = task.first_seen if task.first_seen is not None else now
     status = _reported_status(report)
     if status is None:
         errors = task.consecutive_errors + 1
-        return _replace(
-            base,
-            created=created,
-            model=model,
-            first_seen=first_seen,
+        changes.update(
             consecutive_errors=errors,
             next_poll_at=now
             + backoff_delay(errors, policy.backoff_base, policy.backoff_max, jitter),
-            error_kind=UNKNOWN_STATUS_KIND,
             last_error=f"unknown status {report.status[:40]!r}",
         )
+        return None, None, UNKNOWN_STATUS_KIND
     processing_seen, pending_seconds = _processing_start(task, status, created, now)
     finish = None
     if status in _TIMED_STATUSES:
@@ -121,28 +135,17 @@ def _apply_report(
             created, report.updated, task.last_polled, now, policy.clock_skew
         )
         finish = Finish(status, duration, exact, uncertainty, report.error)
-    progress, progress_at, eta = task.progress, task.progress_at, None
+    eta = None
     if status is Status.PROCESSING and report.progress is not None:
         progress, progress_at, eta = _progress_reading(
             task, report.progress, report.updated, created, now, with_eta=plan is not None
         )
-    next_poll_at = base.next_poll_at
+        changes.update(progress=progress, progress_at=progress_at)
     if plan is not None and finish is None:
         age = now - (created if created is not None else task.discovered_at)
-        next_poll_at = now + plan.delay(model, age, eta)
-    return _replace(
-        base,
-        status=status,
-        next_poll_at=next_poll_at,
-        created=created,
-        model=model,
-        first_seen=first_seen,
-        processing_seen=processing_seen,
-        pending_seconds=pending_seconds,
-        finish=finish,
-        progress=progress,
-        progress_at=progress_at,
-    )
+        changes["next_poll_at"] = now + plan.delay(model, age, eta)
+    changes.update(status=status, processing_seen=processing_seen)
+    return finish, pending_seconds, None
 
 
 def _reported_status(report: StatusReport) -> Status | None:
@@ -189,8 +192,9 @@ def _after_error(
     now: float,
     policy: PollPolicy,
     jitter: float,
-    base: TaskUpdate,
-) -> TaskUpdate:
+    changes: dict[str, Any],
+) -> None:
+    """Lays a failed request's backoff over `changes`."""
     errors = task.consecutive_errors + 1
     if outcome.kind is OutcomeKind.RATE_LIMITED:
         delay = retry_after_delay(
@@ -198,21 +202,20 @@ def _after_error(
         )
     else:
         delay = backoff_delay(errors, policy.backoff_base, policy.backoff_max, jitter)
-    return _replace(
-        base,
+    changes.update(
         consecutive_errors=errors,
         next_poll_at=now + delay,
         last_error=outcome.detail or outcome.kind.value,
     )
 
 
-def _maybe_time_out(task: Task, update: TaskUpdate, now: float, policy: PollPolicy) -> TaskUpdate:
-    if update.finish is not None:
-        return update
-    start = update.created if update.created is not None else task.discovered_at
+def _time_out(task: Task, created: float | None, now: float, policy: PollPolicy) -> Finish | None:
+    """The timeout finish of a task unfinished `policy.max_wait` after its creation
+    (`created`, as decided now) or discovery; else None."""
+    start = created if created is not None else task.discovered_at
     if now - start < policy.max_wait:
-        return update
-    return _replace(update, status=Status.TIMEOUT, finish=Finish(Status.TIMEOUT))
+        return None
+    return Finish(Status.TIMEOUT)
 
 
 def completion_duration(

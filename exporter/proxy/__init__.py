@@ -9,6 +9,7 @@ from typing import Protocol
 from exporter.config import Config
 from exporter.intake import RegistrationRecorder, TaskAdder, TaskIntake, register_tasks
 from exporter.model import DiscoveredTask
+from exporter.proxy.accounts import KeyAccounts
 from exporter.proxy.register import SOURCE
 from exporter.proxy.server import ProxyServer
 
@@ -24,11 +25,14 @@ def build_proxy(
     store: TaskAdder,
     recorder: ProxyRecorder,
     intake: TaskIntake | None = None,
+    accounts: KeyAccounts | None = None,
 ) -> ProxyServer:
     """The proxy of `config.proxy`, registering into `store` (OSError if it cannot listen).
 
     Beyond the cap on tracked tasks the answer still goes back to the caller;
-    its task is not tracked, and that is counted and logged.
+    its task is not tracked, and that is counted and logged. `accounts` (with
+    `accounts:` configured): a task is registered under the account whose key
+    created it; a key of no account's is forwarded, its task not tracked.
     """
 
     if intake is not None:
@@ -54,4 +58,5 @@ def build_proxy(
         max_connections=settings.max_connections,
         max_create_body_bytes=settings.max_create_body_bytes,
         max_body_bytes=settings.max_body_bytes,
+        **({"account_of": accounts.account_of} if accounts is not None else {}),
     )

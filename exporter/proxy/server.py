@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
 import requests
 from urllib3.util import SKIP_HEADER
 
-from exporter.model import DiscoveredTask
+from exporter.model import DEFAULT_ACCOUNT, DiscoveredTask
 from exporter.proxy.register import NotATask, created_task, decode_body, request_model
 from exporter.store.guard import StoreUnavailable
 from exporter.upstream.paths import dot_segment_problem
@@ -179,8 +180,12 @@ class ProxyServer:
         max_connections: int = 64,
         max_create_body_bytes: int = 1_048_576,
         max_body_bytes: int = 64 * 1_048_576,
+        account_of: Callable[[str | None], str | None] = lambda _authorization: DEFAULT_ACCOUNT,
     ) -> None:
+        """`account_of`: the account a create call's Authorization header belongs to
+        (None: no configured account; the call is forwarded, its task not registered)."""
         self.base_url = base_url.rstrip("/")
+        self._account_of = account_of
         self._register = register
         self._register_error = register_error or (lambda _problem: None)
         self._create_paths = frozenset(path.rstrip("/") or "/" for path in create_paths)
@@ -260,7 +265,8 @@ class ProxyServer:
         try:
             head = b""
             if is_create and 200 <= upstream.status_code < 300:
-                head = self._read_create_answer(upstream, request_model(body_bytes))
+                account = self._account_of(environ.get("HTTP_AUTHORIZATION"))
+                head = self._read_create_answer(upstream, request_model(body_bytes), account)
             return self._answer(method, upstream, head, start_response)
         except BaseException:
             upstream.close()
@@ -283,7 +289,9 @@ class ProxyServer:
             return data, data
         return _Body(stream, length), None
 
-    def _read_create_answer(self, upstream: requests.Response, model: str | None) -> bytes:
+    def _read_create_answer(
+        self, upstream: requests.Response, model: str | None, account: str | None
+    ) -> bytes:
         """The start of a create answer, read to register the task it names."""
         raw = upstream.raw
         head = b""
@@ -294,11 +302,13 @@ class ProxyServer:
             head += chunk
         if len(head) > MAX_ANSWER_BYTES:
             self._register_error("create answer too large to read; its task is not registered")
-        else:
-            self._register_from(upstream, head, model)
+        elif account is not None:  # None: the key is no configured account's
+            self._register_from(upstream, head, model, account)
         return head
 
-    def _register_from(self, upstream: requests.Response, body: bytes, model: str | None) -> None:
+    def _register_from(
+        self, upstream: requests.Response, body: bytes, model: str | None, account: str
+    ) -> None:
         try:
             plain = decode_body(body, upstream.headers.get("Content-Encoding"), MAX_ANSWER_BYTES)
             task, problem = created_task(model, plain, self.base_url)
@@ -309,6 +319,8 @@ class ProxyServer:
             return
         if problem:
             self._register_error(f"task {task.task_id}: {problem}; polled on api.status_path")
+        if account != task.account:
+            task = replace(task, account=account)
         try:
             self._register([task])
         except StoreUnavailable as exc:

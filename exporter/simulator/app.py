@@ -103,8 +103,16 @@ class Simulator:
             lost_fraction=self.settings.lost_fraction,
             profiles=self.settings.profiles,
         )
-        limit = self.settings.rate_limit_per_minute
-        self._limiter = FixedWindowLimiter(limit) if limit > 0 else None
+        limit, own = self.settings.rate_limit_per_minute, self.settings.key_limits
+        self._limiter = (
+            FixedWindowLimiter(limit, limits=own) if limit > 0 or any(own.values()) else None
+        )
+        # The account each task was created by (a key of `key_limits`, or '' for the
+        # shared account of the other keys): another account's request gets 404, as
+        # a multi-tenant API answers. Tasks made in-process without a key: everyone's.
+        self._own_accounts = frozenset(self.settings.key_limits)
+        self._owners: dict[str, str] = {}
+        self._revoked: set[str] = set()
         # Fault draws need not be reproducible (threads interleave anyway).
         self._fault_rng = random.Random(f"faults:{self.seed}")
         self._faults: fault_modes.ActiveFaults = {}
@@ -175,15 +183,27 @@ class Simulator:
         lost: bool | None = None,
         pending_seconds: float | None = None,
         processing_seconds: float | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """Same as the create POST, in-process; keyword overrides force parts of the plan."""
+        """Same as the create POST, in-process; keyword overrides force parts of the plan.
+        `key`: the task is that key's account's (invisible to other accounts); None:
+        everyone's."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         overrides = PlanOverrides(outcome, reason, lost, pending_seconds, processing_seconds)
         plan = self._store.create(
             model=model, kind=kind, now=self._clock(), prompt=prompt, n=n, overrides=overrides
         )
+        if key is not None:
+            self._owners[plan.task_id] = self._account(key)
         return create_payload(plan, self._float_ts)
+
+    def _account(self, key: str) -> str:
+        return key if key in self._own_accounts else ""
+
+    def revoke_key(self, key: str) -> None:
+        """From now on the API answers this key 401 `expired_api_key` (until `reset`)."""
+        self._revoked.add(key)
 
     def ground_truth(self) -> list[dict[str, Any]]:
         """What really happened to every task so far (faults never change it)."""
@@ -216,6 +236,8 @@ class Simulator:
     def reset(self) -> None:
         """Back to a fresh start: no tasks, no counts, fresh rate windows, initial faults."""
         self._store.clear()
+        self._owners.clear()
+        self._revoked.clear()
         with self._counts_lock:
             self._counts.clear()
         if self._limiter is not None:
@@ -246,6 +268,8 @@ class Simulator:
         key = bearer_key(request.headers.get("authorization"))
         if key is None or key not in self._keys:
             return invalid_key_reply()
+        if key in self._revoked:
+            return error_reply(401, "API key expired", "authentication_error", "expired_api_key")
         decision = self._limiter.hit(key, now) if self._limiter is not None else None
         if decision is not None and not decision.allowed:
             reply = rate_limited_reply(decision.retry_after)
@@ -256,7 +280,10 @@ class Simulator:
                 405, "Method not allowed", "invalid_request_error", "method_not_allowed"
             )
         elif target.task_id is None:
-            reply = self._create(request, "image" if target.kind == "create_image" else "video")
+            kind: Kind = "image" if target.kind == "create_image" else "video"
+            reply = self._create(request, kind, key)
+        elif self._owners.get(target.task_id, self._account(key)) != self._account(key):
+            reply = task_not_found_reply()  # another account's task
         else:
             reply = self._status(target, target.task_id, now, active)
         return self._with_rate_headers(reply, decision)
@@ -267,7 +294,7 @@ class Simulator:
             return reply
         return replace(reply, headers=reply.headers + decision.headers())
 
-    def _create(self, request: Request, kind: Kind) -> Reply:
+    def _create(self, request: Request, kind: Kind, key: str) -> Reply:
         try:
             body = json.loads(request.body or b"null")
         except (ValueError, UnicodeDecodeError):
@@ -288,6 +315,7 @@ class Simulator:
                 f"'n' must be an integer from 1 to {MAX_IMAGES}", "invalid_parameter"
             )
         plan = self._store.create(model=model, kind=kind, now=self._clock(), prompt=prompt, n=n)
+        self._owners[plan.task_id] = self._account(key)
         return json_reply(200, create_payload(plan, self._float_ts))
 
     def _status(
@@ -333,6 +361,15 @@ class Simulator:
             except (ValueError, UnicodeDecodeError, AttributeError) as exc:
                 return bad_request_reply(str(exc), "invalid_fault_config")
             return self._faults_reply()
+        if endpoint == ("POST", "/_sim/revoke"):
+            try:
+                key = json.loads(request.body or b"{}").get("key")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                key = None
+            if not isinstance(key, str) or key not in self._keys:
+                return bad_request_reply('the body must be {"key": "<an accepted key>"}', "no_key")
+            self.revoke_key(key)
+            return json_reply(200, {"revoked": True})
         if endpoint == ("GET", "/_sim/health"):
             return json_reply(200, {"ok": True})
         return not_found_reply()

@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="api_keys",
         action="append",
         default=None,
-        metavar="KEY",
-        help=f"an accepted API key, repeatable (default: only {DEFAULT_API_KEY!r})",
+        metavar="KEY[=RPM]",
+        help=f"an accepted API key, repeatable (default: only {DEFAULT_API_KEY!r}); "
+        "KEY=RPM makes it an account of its own: its own limit, requests per real minute "
+        "(0: none), and its own tasks (the other keys are one shared account)",
     )
     parser.add_argument(
         "--time-scale",
@@ -109,9 +111,18 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
+def parse_key_flag(flag: str) -> tuple[str, int | None]:
+    """`KEY` or `KEY=RPM` -> (key, its own limit or None)."""
+    key, sep, limit = flag.rpartition("=")
+    if sep and key and limit.isdigit():
+        return key, int(limit)
+    return flag, None
+
+
 def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
     """Raises ValueError (FaultConfigError included) on bad flags."""
     host, port = parse_listen_address(args.listen_address)
+    keys = [parse_key_flag(flag) for flag in args.api_keys or []]
     faults: dict[str, object] = {}
     for flag in args.faults or []:
         name, value = parse_fault_flag(flag)
@@ -119,7 +130,8 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
     return SimulatorSettings(
         host=host,
         port=port,
-        api_keys=tuple(args.api_keys) if args.api_keys else (DEFAULT_API_KEY,),
+        api_keys=tuple(key for key, _ in keys) if keys else (DEFAULT_API_KEY,),
+        key_limits={key: limit for key, limit in keys if limit is not None},
         time_scale=args.time_scale,
         seed=args.seed,
         rate_limit_per_minute=args.rate_limit_per_minute,

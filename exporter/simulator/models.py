@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 Kind = Literal["image", "video"]
-KINDS: tuple[Kind, ...] = ("image", "video")
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 Reason = Literal[
     "content_policy",
@@ -19,15 +19,7 @@ Reason = Literal[
     "upstream_error",
     "unknown",
 ]
-REASONS: tuple[Reason, ...] = (
-    "content_policy",
-    "invalid_request",
-    "timeout",
-    "quota",
-    "rate_limited",
-    "upstream_error",
-    "unknown",
-)
+REASONS: tuple[Reason, ...] = get_args(Reason)
 
 CANCEL_MESSAGE = "Task was cancelled by user"
 

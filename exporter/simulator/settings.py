@@ -27,6 +27,10 @@ class SimulatorSettings:
     seed: int | None = None
     # Per key, per real minute; 0 disables limiting and the X-RateLimit-* headers.
     rate_limit_per_minute: int = 1000
+    # Keys that are accounts of their own: their own limit (per real minute, 0: none)
+    # and their own tasks (another key's request for one gets 404). The other keys
+    # are keys of one shared account, as before.
+    key_limits: Mapping[str, int] = field(default_factory=dict)
     retention_seconds: float = 3600.0
     # Fraction of tasks that start answering 404 before they finish.
     lost_fraction: float = 0.02
@@ -48,6 +52,11 @@ class SimulatorSettings:
             raise ValueError("api_keys must hold at least one non-empty key")
         if self.rate_limit_per_minute < 0:
             raise ValueError("rate_limit_per_minute must be >= 0")
+        for key, limit in self.key_limits.items():
+            if key not in self.api_keys:
+                raise ValueError("key_limits names a key that is not in api_keys")
+            if limit < 0:
+                raise ValueError("key_limits: a limit must be >= 0")
         if self.retention_seconds <= 0:
             raise ValueError("retention_seconds must be > 0")
         if not 0.0 <= self.lost_fraction <= 1.0:

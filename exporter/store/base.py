@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from exporter.model import DiscoveredTask, Status, Task, TaskUpdate
+from exporter.model import DEFAULT_ACCOUNT, DiscoveredTask, Status, Task, TaskUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,9 @@ class FinishLabels:
 class PollStore(Protocol):
     """What the poll loop and the outcome handler use: pick due tasks, store answers."""
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first; with `account`,
+        only that account's (None: every task, as with one account)."""
         ...
 
     def apply(
@@ -132,6 +133,11 @@ class MetricsReader(Protocol):
         """Per unfinished status, the earliest creation (or discovery) time."""
         ...
 
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        """Tasks by account and status (accounts with none left out), from counts the
+        store keeps: never a scan."""
+        ...
+
     def oldest_processing_by_model(self, limit: int = 1000) -> dict[str | None, float]:
         """Per model (None: no model known), the earliest creation (or discovery) time
         of its tasks in `processing`; models with none are left out. A few index
@@ -151,6 +157,26 @@ class Maintenance(Protocol):
     def prune(self, finished_before: float) -> int: ...
 
     def close(self) -> None: ...
+
+
+def counts_by_account(
+    totals: Iterable[tuple[str, int]], named: Iterable[tuple[str, str, int]]
+) -> dict[str, dict[Status, int]]:
+    """Tasks by account and status from the status counts (`totals`: status, n) and
+    those of every account but the default one (`named`: account, status, n): the
+    default account has the rest (so tasks stored before accounts existed count
+    there without a count of their own)."""
+    rest = {Status(status): int(n) for status, n in totals}
+    found: dict[str, dict[Status, int]] = {}
+    for account, status, n in named:
+        if account == DEFAULT_ACCOUNT or int(n) <= 0:
+            continue
+        found.setdefault(account, {})[Status(status)] = int(n)
+        rest[Status(status)] = rest.get(Status(status), 0) - int(n)
+    default = {status: n for status, n in rest.items() if n > 0}
+    if default:
+        found[DEFAULT_ACCOUNT] = default
+    return found
 
 
 class TaskStore(PollStore, IntakeStore, TaskReader, MetricsReader, Maintenance, Protocol):

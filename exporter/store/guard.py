@@ -124,6 +124,11 @@ class StoreGuard:
         self._probe_if_due()
         return self._reason
 
+    def needs_restart(self) -> bool:
+        """Whether the store fails for good: its file deleted, replaced or damaged.
+        Only a restart (which opens the file at the path anew) mends that."""
+        return self._fatal
+
     def usable(self) -> bool:
         """Whether polling and discovery may go on (see `problem`)."""
         return self.problem() is None
@@ -243,8 +248,10 @@ class StoreGuard:
         offered = list(tasks)
         return self._run("add", lambda: self.inner.add(offered, now, source_state))
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        return self._run("read", lambda: self.inner.due(now, limit))
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        if account is None:
+            return self._run("read", lambda: self.inner.due(now, limit))
+        return self._run("read", lambda: self.inner.due(now, limit, account))
 
     def apply(
         self,
@@ -264,6 +271,9 @@ class StoreGuard:
 
     def count_by_status(self) -> dict[Status, int]:
         return self._run("read", self.inner.count_by_status)
+
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        return self._run("read", self.inner.count_by_account)
 
     def oldest_active(self) -> dict[Status, float]:
         return self._run("read", self.inner.oldest_active)

@@ -27,9 +27,12 @@ large account is 1.5 million tasks (docs/benchmarks.md has the bytes per task):
   ID, one sorted set per status and model: every list filter reads only
   matching tasks; `px:<status>` lists the models with one), `fin:<status>`
   (finished tasks by finish time: pruning and the latest failures), `q` (the
-  unfinished by next poll), `a:<status>` (unfinished by creation time), `pm:<model>`
-  and `pms` (in processing, per model).
-- Counters kept by the scripts as tasks change: `n` (tasks by status), `ma`,
+  unfinished by next poll; `q:<account>` for each account but `default`),
+  `a:<status>` (unfinished by creation time), `pm:<model>` and `pms` (in
+  processing, per model).
+- Counters kept by the scripts as tasks change: `n` (tasks by status), `na`
+  (by account and status, for the accounts but `default`, whose tasks have no
+  `ac` field: older stores' tasks are its), `ma`,
   `mf`, `mx` (per model: in flight, finished, failed), `dur:<model>` (completed
   durations, rounded to 3 significant digits, and how many: medians without
   reading tasks), `ms` (models).
@@ -61,13 +64,15 @@ import redis
 
 from exporter.model import (
     ACTIVE_STATUSES,
+    APPLIED_FIELDS,
+    DEFAULT_ACCOUNT,
     FINISHED_STATUSES,
     DiscoveredTask,
     Status,
     Task,
     TaskUpdate,
 )
-from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, counts_by_account
 from exporter.store.sqlite import PRUNE_DUTY_CYCLE, StoreError, prune_pause
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,19 @@ local function pm_rem(p, model, id)
   redis.call('ZREM', key, id)
   if redis.call('EXISTS', key) == 0 then redis.call('SREM', p .. 'pms', model) end
 end
+-- The unfinished tasks of an account by next poll: `q` for the one account of a
+-- config without `accounts:` (the key of older versions), `q:<account>` for the others.
+local function qkey(p, account)
+  if account and account ~= '' and account ~= 'default' then return p .. 'q:' .. account end
+  return p .. 'q'
+end
+-- Tasks by account and status, for the accounts other than the default one (`na`,
+-- fields '<account>\t<status>'): the default's are the status counts `n` less these.
+local function na_add(p, account, status, by)
+  if account and account ~= '' and account ~= 'default' then
+    redis.call('HINCRBY', p .. 'na', account .. '\t' .. status, by)
+  end
+end
 local CODE = {unknown = 'u', pending = 'p', processing = 'r', completed = 'c', failed = 'f',
   cancelled = 'x', expired = 'e', timeout = 't'}
 local function dur_key(d)
@@ -116,7 +134,7 @@ _ADD = (
     + """
 local p, now = ARGV[1], ARGV[2]
 local added = {}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local id = ARGV[i]
   local key = p .. 't:' .. id
   if redis.call('EXISTS', key) == 0 then
@@ -127,12 +145,14 @@ for i = 5, #ARGV, 4 do
       redis.call('SADD', p .. 'ms', model)
     end
     if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'u', ARGV[i + 3]) end
-    redis.call('ZADD', p .. 'q', now, id)
+    if ARGV[i + 4] ~= '' then redis.call('HSET', key, 'ac', ARGV[i + 4]) end
+    na_add(p, ARGV[i + 4], 'unknown', 1)
+    redis.call('ZADD', qkey(p, ARGV[i + 4]), now, id)
     redis.call('ZADD', p .. 'a:unknown', now, id)
     ix_add(p, 'unknown', model, id)
     redis.call('HINCRBY', p .. 'n', 'unknown', 1)
     redis.call('HINCRBY', p .. 'ma', model, 1)
-    added[#added + 1] = (i - 5) / 4
+    added[#added + 1] = (i - 5) / 5
   end
 end
 if ARGV[3] ~= '' then redis.call('HSET', p .. 'source_state', ARGV[3], ARGV[4]) end
@@ -140,21 +160,25 @@ return added
 """
 )
 
-# Due tasks not leased to another replica, most overdue first; leases them to us.
-_DUE = """
+# Due tasks (of one account's queue) not leased to another replica, most overdue
+# first; leases them to us.
+_DUE = (
+    _LUA_HELPERS
+    + """
 local p, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local me, lease_until = ARGV[4], ARGV[5]
+local q = qkey(p, ARGV[6])
 local taken = {}
 local offset = 0
 while #taken < limit do
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'q', '-inf', ARGV[2], 'LIMIT', offset, limit)
+  local ids = redis.call('ZRANGEBYSCORE', q, '-inf', ARGV[2], 'LIMIT', offset, limit)
   if #ids == 0 then break end
   offset = offset + #ids
   for _, id in ipairs(ids) do
     local key = p .. 't:' .. id
     local lease = redis.call('HMGET', key, 'st', 'o', 'l')
     if not lease[1] then
-      redis.call('ZREM', p .. 'q', id)
+      redis.call('ZREM', q, id)
       offset = offset - 1
     elseif (not lease[2]) or lease[2] == me or tonumber(lease[3]) <= now then
       redis.call('HSET', key, 'o', me, 'l', lease_until)
@@ -170,6 +194,7 @@ for i, id in ipairs(taken) do
 end
 return out
 """
+)
 
 # One poll's result. The terminal record is a compare-and-set: a task that is
 # gone or already finished is left alone and 0 comes back; so does one that
@@ -180,7 +205,8 @@ _APPLY = (
 local p, id, me, now, finishing, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local active, next_poll_at = ARGV[7], ARGV[8]
 local key = p .. 't:' .. id
-local cur = redis.call('HMGET', key, 'st', 'f', 'o', 'l', 'd', 'm', 'h')
+local cur = redis.call('HMGET', key, 'st', 'f', 'o', 'l', 'd', 'm', 'h', 'ac')
+local q = qkey(p, cur[8])
 if not cur[1] or cur[2] then return 0 end
 if cur[3] and cur[3] ~= me and tonumber(cur[4]) > tonumber(now) then return 0 end
 local old_model = cur[6] or ''
@@ -202,6 +228,8 @@ end
 if cur[1] ~= status then
   redis.call('HINCRBY', p .. 'n', cur[1], -1)
   redis.call('HINCRBY', p .. 'n', status, 1)
+  na_add(p, cur[8], cur[1], -1)
+  na_add(p, cur[8], status, 1)
   redis.call('ZREM', p .. 'a:' .. cur[1], id)
   -- history: 'PS<seconds since discovery>' per change (previous, status codes)
   local since = (string.format('%.3f', tonumber(now) - tonumber(cur[5])):gsub('%.?0+$', ''))
@@ -226,7 +254,7 @@ if finishing == '1' then
   if ARGV[10] ~= '' then redis.call('HINCRBY', p .. 'finish_totals', ARGV[10], 1) end
   redis.call('HSET', key, 'f', now, 'fb', me)
   redis.call('HDEL', key, 'n', 'p', 'pa')
-  redis.call('ZREM', p .. 'q', id)
+  redis.call('ZREM', q, id)
   redis.call('ZREM', p .. 'a:' .. status, id)
   redis.call('ZADD', p .. 'fin:' .. status, now, id)
   redis.call('HINCRBY', p .. 'ma', model, -1)
@@ -237,7 +265,7 @@ if finishing == '1' then
     redis.call('HINCRBY', p .. 'dur:' .. model, dur_key(du), 1)
   end
 else
-  redis.call('ZADD', p .. 'q', next_poll_at, id)
+  redis.call('ZADD', q, next_poll_at, id)
   if active == '1' then
     local created = redis.call('HGET', key, 'c') or cur[5]
     redis.call('ZADD', p .. 'a:' .. status, created, id)
@@ -257,10 +285,11 @@ local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
   tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   local key = p .. 't:' .. id
-  local cur = redis.call('HMGET', key, 'st', 'm', 'du')
+  local cur = redis.call('HMGET', key, 'st', 'm', 'du', 'ac')
   if cur[1] then
     local model = cur[2] or ''
     redis.call('HINCRBY', p .. 'n', cur[1], -1)
+    na_add(p, cur[4], cur[1], -1)
     ix_rem(p, cur[1], model, id)
     forget_finished(p, model, cur[1], cur[3])
     redis.call('DEL', key)
@@ -276,12 +305,13 @@ _REMOVE = (
     + """
 local p, id = ARGV[1], ARGV[2]
 local key = p .. 't:' .. id
-local cur = redis.call('HMGET', key, 'st', 'm', 'f', 'du')
+local cur = redis.call('HMGET', key, 'st', 'm', 'f', 'du', 'ac')
 local status = cur[1]
 if not status then return 0 end
 local model = cur[2] or ''
 if status == 'processing' then pm_rem(p, model, id) end
 redis.call('HINCRBY', p .. 'n', status, -1)
+na_add(p, cur[5], status, -1)
 ix_rem(p, status, model, id)
 if cur[3] then
   forget_finished(p, model, status, cur[4])
@@ -289,7 +319,8 @@ else
   redis.call('HINCRBY', p .. 'ma', model, -1)
 end
 redis.call('DEL', key)
-for _, index in ipairs({'q', 'fin:' .. status, 'a:' .. status}) do
+redis.call('ZREM', qkey(p, cur[5]), id)
+for _, index in ipairs({'fin:' .. status, 'a:' .. status}) do
   redis.call('ZREM', p .. index, id)
 end
 return 1
@@ -322,6 +353,7 @@ FIELDS = {
     "last_error": "le",
     "progress": "p",
     "progress_at": "pa",
+    "account": "ac",  # none: the default account (and every task of older versions)
 }
 # Status codes of the history field `h` ("<previous><status><seconds since discovery>").
 _CODES = {
@@ -463,6 +495,7 @@ def _task(task_id: str, fields: dict[str, str]) -> Task:
         discovered_at=float(fields["d"]),
         # A finished task has no `n`: its next poll reads as its finish.
         next_poll_at=float(fields.get("n") or fields.get("f") or fields["d"]),
+        account=fields.get("ac") or DEFAULT_ACCOUNT,
         **values,
     )
 
@@ -559,12 +592,14 @@ class RedisTaskStore:
             return []
         args = [self.prefix, _text(now), *(source_state or ("", ""))]
         for task in offered:
-            args += [task.task_id, task.source, task.model or "", task.poll_url or ""]
+            account = "" if task.account == DEFAULT_ACCOUNT else task.account
+            args += [task.task_id, task.source, task.model or "", task.poll_url or "", account]
         indexes = cast(list[int], self._add(args=args))
         return [offered[int(i)] for i in indexes]
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first, leased to us."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first, leased to us;
+        with `account`, that account's (one sorted set per account: no filtering)."""
         if limit <= 0:
             return []
         rows = cast(
@@ -576,6 +611,7 @@ class RedisTaskStore:
                     str(limit),
                     self.replica_id,
                     _text(now + self.lease_seconds),
+                    account or "",
                 ]
             ),
         )
@@ -590,19 +626,20 @@ class RedisTaskStore:
         labels: FinishLabels | None = None,
     ) -> bool:
         """Store a poll's result; False if the task is gone, finished, or leased elsewhere."""
-        finish = update.finish
-        fields = update.changes(now, reason)
-        del fields["finished_at"]  # the script sets it, with the replica that finished
-        fields["consecutive_errors"] = update.consecutive_errors or None  # 0: no field
+        finish, task = update.finish, update.task
+        # finished_at: the script sets it, with the replica that finished.
+        fields = {name: getattr(task, name) for name in APPLIED_FIELDS if name != "finished_at"}
+        fields["reason"] = reason
+        fields["consecutive_errors"] = task.consecutive_errors or None  # 0: no field
         args = [
             self.prefix,
             task_id,
             self.replica_id,
             _text(now),
             "1" if finish else "0",
-            update.status.value,
-            "1" if update.status.value in _ACTIVE else "0",
-            _text(update.next_poll_at),
+            task.status.value,
+            "1" if task.status.value in _ACTIVE else "0",
+            _text(task.next_poll_at),
             str(MAX_EVENTS_PER_TASK),
             _totals_field(labels) if finish and labels else "",
         ]
@@ -639,6 +676,18 @@ class RedisTaskStore:
     def count_by_status(self) -> dict[Status, int]:
         counts = cast(dict[str, str], self.client.hgetall(self._key("n")))
         return {Status(status): int(n) for status, n in counts.items() if int(n) > 0}
+
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        """Tasks by account and status, from the counters (one MULTI: one moment)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self._key("n"))
+        pipe.hgetall(self._key("na"))
+        totals, named = cast(list[dict[str, str]], pipe.execute())
+        rows = []
+        for field, n in named.items():
+            account, _, status = field.partition("\t")
+            rows.append((account, status, int(n)))
+        return counts_by_account([(s, int(n)) for s, n in totals.items()], rows)
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""
@@ -849,6 +898,8 @@ class RedisTaskStore:
             }
             fields["status"] = task.status.value
             fields["attempts"] = str(task.attempts)
+            if task.account == DEFAULT_ACCOUNT:
+                fields["account"] = ""  # no field: the default account
             if not task.consecutive_errors:
                 fields["consecutive_errors"] = ""
             args = [
@@ -911,11 +962,12 @@ for i = 6, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
 if history ~= '' then redis.call('HSET', key, 'h', history) end
-local t = redis.call('HMGET', key, 'st', 'm', 'n', 'f', 'du')
+local t = redis.call('HMGET', key, 'st', 'm', 'n', 'f', 'du', 'ac')
 local status, model = t[1], t[2] or ''
 if model ~= '' then redis.call('SADD', p .. 'ms', model) end
 ix_add(p, status, model, id)
 redis.call('HINCRBY', p .. 'n', status, 1)
+na_add(p, t[6], status, 1)
 if finished == '1' then
   redis.call('ZADD', p .. 'fin:' .. status, t[4], id)
   redis.call('HINCRBY', p .. 'mf', model, 1)
@@ -925,7 +977,7 @@ if finished == '1' then
   end
 else
   redis.call('HINCRBY', p .. 'ma', model, 1)
-  redis.call('ZADD', p .. 'q', t[3], id)
+  redis.call('ZADD', qkey(p, t[6]), t[3], id)
   redis.call('ZADD', p .. 'a:' .. status, created, id)
   if status == 'processing' then
     redis.call('ZADD', p .. 'pm:' .. model, created, id)

@@ -7,6 +7,7 @@ and with it its metric observation, happens once even if two pollers race.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sqlite3
@@ -14,19 +15,21 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from exporter.model import (
     ACTIVE_STATUSES,
     APPLIED_FIELDS,
+    DEFAULT_ACCOUNT,
     TASK_FIELDS,
     DiscoveredTask,
     Status,
     Task,
     TaskUpdate,
 )
-from exporter.store.base import FinishLabels, ModelSummary, TaskEvent
+from exporter.store.base import FinishLabels, ModelSummary, TaskEvent, counts_by_account
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -204,6 +207,32 @@ INSERT INTO model_counts (model, {", ".join(_MODEL_COUNTED)})
 SELECT COALESCE(model, ''), {_MODEL_SUMS}
 FROM tasks GROUP BY COALESCE(model, '');
 """
+# Tasks by account and status, for the accounts other than `default` (whose
+# counts are the status counts less these), kept by triggers like the status
+# counts; made when several accounts are configured, counted from the tasks then.
+_ACCOUNT_COUNTS = """
+CREATE TABLE account_counts (
+    account TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (account, status)
+) WITHOUT ROWID;
+CREATE TRIGGER tasks_account_insert AFTER INSERT ON tasks WHEN NEW.account != 'default' BEGIN
+    INSERT INTO account_counts (account, status, n) VALUES (NEW.account, NEW.status, 1)
+    ON CONFLICT (account, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_account_delete AFTER DELETE ON tasks WHEN OLD.account != 'default' BEGIN
+    UPDATE account_counts SET n = n - 1 WHERE account = OLD.account AND status = OLD.status;
+END;
+CREATE TRIGGER tasks_account_update AFTER UPDATE OF status ON tasks
+WHEN OLD.status IS NOT NEW.status AND NEW.account != 'default' BEGIN
+    UPDATE account_counts SET n = n - 1 WHERE account = OLD.account AND status = OLD.status;
+    INSERT INTO account_counts (account, status, n) VALUES (NEW.account, NEW.status, 1)
+    ON CONFLICT (account, status) DO UPDATE SET n = n + 1;
+END;
+INSERT INTO account_counts (account, status, n)
+SELECT account, status, COUNT(*) FROM tasks WHERE account != 'default' GROUP BY account, status;
+"""
 # Rows deleted per prune transaction. Between batches the prune pauses so that
 # it works at most PRUNE_DUTY_CYCLE of the time (`prune_pause`): polls and
 # registrations wait at most one batch for the writer's lock, and scrapes keep
@@ -230,15 +259,33 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WRITER_CACHE_KIB = 64 * 1024
 
 # Columns added after the first release: (name, type), added to older files on open.
-_ADDED_COLUMNS = (("progress", "REAL"), ("progress_at", "REAL"))
+_ADDED_COLUMNS = (
+    ("progress", "REAL"),
+    ("progress_at", "REAL"),
+    # Older files' tasks belong to the one account they had: `default`.
+    ("account", f"TEXT NOT NULL DEFAULT '{DEFAULT_ACCOUNT}'"),
+)
+# Due tasks of one account (several accounts, each polled by its own loop): an
+# index only a store with several accounts pays for on every poll's write.
+_ACCOUNT_DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_account_due ON tasks (account, next_poll_at)"
+    " WHERE finished_at IS NULL"
+)
 # The tasks table's columns are the Task's fields, same names and order (the
 # schema above is what is on disk; a test holds the two together).
 _COLUMNS = ", ".join(TASK_FIELDS)
-_APPLY = (
-    "UPDATE tasks SET "
-    + ", ".join(f"{name} = ?" for name in APPLIED_FIELDS)
-    + ", attempts = attempts + 1 WHERE task_id = ? AND finished_at IS NULL"
-)
+# What a poll's result writes: the fields it decided and the classified reason.
+_WRITTEN = (*APPLIED_FIELDS, "reason")
+_STATUS = _WRITTEN.index("status")
+_APPLIED_VALUES = attrgetter(*APPLIED_FIELDS)
+_BEFORE_APPLY = f"SELECT {', '.join(_WRITTEN)} FROM tasks WHERE task_id = ? AND finished_at IS NULL"
+
+
+@functools.lru_cache(maxsize=512)
+def _apply_statement(columns: tuple[int, ...]) -> str:
+    """The UPDATE that writes these of `_WRITTEN` (by position) and counts the attempt."""
+    sets = "".join(f"{_WRITTEN[i]} = ?, " for i in columns)
+    return f"UPDATE tasks SET {sets}attempts = attempts + 1 WHERE task_id = ?"
 
 
 class StoreError(Exception):
@@ -274,8 +321,10 @@ class SqliteTaskStore:
         self,
         path: Path | str,
         integrity_check: bool = True,
+        per_account: bool = False,
         prune_duty_cycle: float = PRUNE_DUTY_CYCLE,
     ) -> None:
+        """`per_account`: several accounts poll, each asking `due` for its own tasks."""
         self.path = str(path)
         self.prune_duty_cycle = prune_duty_cycle
         if self.path != ":memory:":
@@ -310,6 +359,9 @@ class SqliteTaskStore:
             self._db.execute(_PROCESSING_INDEX)
             for index in _LIST_INDEXES:
                 self._db.execute(index)
+            if per_account:
+                self._db.execute(_ACCOUNT_DUE_INDEX)
+                _add_counts(self._db, "account_counts", _ACCOUNT_COUNTS)
             _add_counts(self._db, "model_counts", _MODEL_COUNTS)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -458,7 +510,8 @@ class SqliteTaskStore:
             for task in tasks:
                 cursor = db.execute(
                     "INSERT INTO tasks (task_id, source, model, poll_url, status, discovered_at,"
-                    " next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " next_poll_at, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (
                         task.task_id,
                         task.source,
@@ -467,6 +520,7 @@ class SqliteTaskStore:
                         Status.UNKNOWN.value,
                         now,
                         now,
+                        task.account,
                     ),
                 )
                 if cursor.rowcount:
@@ -479,14 +533,22 @@ class SqliteTaskStore:
                 )
         return added
 
-    def due(self, now: float, limit: int) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first."""
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first (of one account
+        if given: an index walk of that account's due tasks)."""
         with self._reading() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL AND next_poll_at <= ?"
-                " ORDER BY next_poll_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            if account is None:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL"
+                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE account = ? AND finished_at IS NULL"
+                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                    (account, now, limit),
+                ).fetchall()
         return [_task(row) for row in rows]
 
     def apply(
@@ -498,18 +560,22 @@ class SqliteTaskStore:
         labels: FinishLabels | None = None,
     ) -> bool:
         """Store a poll's result. False if the task is gone or already finished."""
-        finish = update.finish
+        task = update.task
+        values = (*_APPLIED_VALUES(task), reason)
         with self._transaction() as db:
-            before = db.execute(
-                "SELECT status FROM tasks WHERE task_id = ? AND finished_at IS NULL", (task_id,)
-            ).fetchone()
-            changes = update.changes(now, reason)
-            cursor = db.execute(_APPLY, (*changes.values(), task_id))
-            if cursor.rowcount == 1 and before is not None and before[0] != update.status.value:
-                _record_event(db, task_id, now, before[0], update.status.value)
-            if cursor.rowcount == 1 and finish is not None and labels is not None:
+            before = db.execute(_BEFORE_APPLY, (task_id,)).fetchone()
+            if before is None:
+                return False
+            # Only the columns whose value changes are written: SQLite updates each
+            # index on a written column even if its value stays, and a poll of a
+            # running task changes only a few of the columns it may set.
+            columns = tuple(i for i, value in enumerate(values) if value != before[i])
+            db.execute(_apply_statement(columns), (*[values[i] for i in columns], task_id))
+            if before[_STATUS] != task.status.value:
+                _record_event(db, task_id, now, before[_STATUS], task.status.value)
+            if update.finish is not None and labels is not None:
                 _count_finish(db, labels)
-            return cursor.rowcount == 1
+            return True
 
     def finish_totals(self) -> dict[FinishLabels, int]:
         """Store-wide count of finishes per label set."""
@@ -533,6 +599,19 @@ class SqliteTaskStore:
         with self._reading() as db:
             rows = db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
         return {Status(status): count for status, count in rows}
+
+    def count_by_account(self) -> dict[str, dict[Status, int]]:
+        """Tasks by account and status, from the count tables (one snapshot, no scan)."""
+        with self._reading() as db:
+            db.execute("BEGIN")
+            totals = db.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall()
+            named = []
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'account_counts'").fetchone():
+                named = db.execute(
+                    "SELECT account, status, n FROM account_counts WHERE n > 0"
+                ).fetchall()
+            db.execute("COMMIT")
+        return counts_by_account(totals, named)
 
     def oldest_active(self) -> dict[Status, float]:
         """Per unfinished status, the earliest creation (or discovery) time."""

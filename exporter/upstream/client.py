@@ -50,6 +50,8 @@ class UpstreamClient:
         max_connections: int = 8,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        base = urlsplit(self.base_url)
+        self._origin = (base.scheme, base.netloc)
         self._status_path = status_path
         self._timeout = timeout_seconds
         self._max_bytes = max_response_bytes
@@ -71,8 +73,8 @@ class UpstreamClient:
         path = poll_url or self._status_path.replace("{task_id}", quote(task_id, safe=""))
         check_poll_path(path)
         url = self.base_url + path
-        parts, base = urlsplit(url), urlsplit(self.base_url)
-        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != self._origin:
             raise ValueError("the poll URL leaves api.base_url")
         check_no_dot_segments(parts.path)  # the last check before the key is sent
         return url

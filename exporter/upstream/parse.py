@@ -25,7 +25,8 @@ def parse_status_body(body: bytes) -> StatusReport:
     if not isinstance(data, dict):
         raise InvalidResponse("body is not a JSON object")
     status = data.get("status")
-    if not isinstance(status, str) or not status or len(status) > MAX_FIELD_CHARS:
+    # A status of only spaces is none at all.
+    if not isinstance(status, str) or not status.strip() or len(status) > MAX_FIELD_CHARS:
         raise InvalidResponse("no status field")
     return StatusReport(
         status=_encodable(status.strip().lower()),

@@ -9,18 +9,16 @@ from __future__ import annotations
 import html
 import logging
 import re
-import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
-from exporter.web.httpserver import HttpServer, ServerLimits, parse_listen_address
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HealthView", "ServerLimits", "WebServer", "build_app", "parse_listen_address"]
+__all__ = ["HealthView", "build_app"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -30,6 +28,10 @@ class HealthView(Protocol):
     """What the server needs to know about the agent, and nothing more."""
 
     def healthy(self) -> tuple[bool, str]: ...
+
+    def alive(self) -> tuple[bool, str]:
+        """Whether a restart would help: what a liveness probe asks."""
+        ...
 
     def ready(self) -> tuple[bool, str]: ...
 
@@ -60,6 +62,8 @@ def build_app(
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/-/healthy":
             return _plain(start_response, *health.healthy())
+        if path == "/-/live":
+            return _plain(start_response, *health.alive())
         if path == "/-/ready":
             return _plain(start_response, *health.ready())
         if path == "/":
@@ -95,6 +99,7 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
 <li><a href="metrics">Metrics</a></li>
 <li><a href="status">Status of the tasks</a></li>
 <li><a href="-/healthy">Health</a></li>
+<li><a href="-/live">Liveness</a></li>
 <li><a href="-/ready">Readiness</a></li>
 </ul>
 <h2>Tasks in the store</h2>
@@ -107,16 +112,3 @@ def _landing(start_response: StartResponse, health: HealthView) -> list[bytes]:
         [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
     )
     return [body]
-
-
-class WebServer(HttpServer):
-    """The exporter's own port: /metrics, health, the landing page and the task API."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        address: str,
-        tls: ssl.SSLContext | None = None,
-        limits: ServerLimits | None = None,
-    ) -> None:
-        super().__init__(app, address, tls=tls, limits=limits, name="web")

@@ -13,9 +13,10 @@ from pydantic import SecretStr
 
 from exporter.api.app import DRAIN_LIMIT_BYTES, TaskApi
 from exporter.metrics.recorder import Recorder
-from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.model import DiscoveredTask, Finish, Status
 from exporter.store.sqlite import SqliteTaskStore
 from tests.api.support import AUTH, TOKEN, Reply, call
+from tests.harness.updates import polled
 
 TASKS = "/api/v1/tasks"
 
@@ -224,16 +225,16 @@ def finish(setup: Setup, task_id: str, error: str | None = None) -> None:
     for step, now in ((Status.PROCESSING, 1001.0), (status, 1002.5)):
         setup.store.apply(
             task_id,
-            TaskUpdate(
-                status=step,
+            polled(
+                step,
+                Finish(status, 3.5, error_message=error) if step is status else None,
+                at=now,
                 next_poll_at=now + 5,
-                consecutive_errors=0,
                 created=999.0,
                 model="flux-pro",
                 first_seen=1001.0,
                 processing_seen=1001.0,
                 last_polled=now,
-                finish=Finish(status, 3.5, error_message=error) if step is status else None,
             ),
             now,
             "unknown" if error else None,

@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.api.status_page import MAX_TEXT_CHARS, StatusPage, clean_text, format_seconds
-from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.model import DiscoveredTask, Finish, Status
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.web.server import build_app
 from tests.api.support import call
+from tests.harness.updates import polled
 
 HOSTILE = (
     '<script>alert("x")</script></td></tr></table><h1 id="injected">pwned</h1>'
@@ -45,16 +46,15 @@ class Dom(HTMLParser):
 def fail(store: SqliteTaskStore, task_id: str, error: str, at: float) -> None:
     store.apply(
         task_id,
-        TaskUpdate(
-            status=Status.FAILED,
+        polled(
+            Status.FAILED,
+            Finish(Status.FAILED, 10.0, error_message=error),
+            at=at,
             next_poll_at=at,
-            consecutive_errors=0,
             created=at - 10,
             model="flux-pro",
             first_seen=at,
-            processing_seen=None,
             last_polled=at,
-            finish=Finish(Status.FAILED, 10.0, error_message=error),
         ),
         at,
         "unknown",
@@ -132,6 +132,9 @@ def test_routes(store: SqliteTaskStore) -> None:
 
     class Health:
         def healthy(self) -> tuple[bool, str]:
+            return True, "ok"
+
+        def alive(self) -> tuple[bool, str]:
             return True, "ok"
 
         def ready(self) -> tuple[bool, str]:

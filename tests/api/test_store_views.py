@@ -9,6 +9,7 @@ import pytest
 from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
 from exporter.store.base import ModelSummary, TaskEvent
 from exporter.store.sqlite import MAX_EVENTS_PER_TASK, SqliteTaskStore
+from tests.harness.updates import polled
 
 
 def update(
@@ -16,18 +17,9 @@ def update(
     finish: Finish | None = None,
     created: float | None = 90.0,
     model: str | None = None,
+    at: float = 100.0,
 ) -> TaskUpdate:
-    return TaskUpdate(
-        status=status,
-        next_poll_at=200.0,
-        consecutive_errors=0,
-        created=created,
-        model=model,
-        first_seen=100.0,
-        processing_seen=None,
-        last_polled=100.0,
-        finish=finish,
-    )
+    return polled(status, finish, at=at, created=created, model=model)
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def test_status_changes_are_recorded_with_their_time(store: SqliteTaskStore) -> 
     store.apply("a", update(Status.PENDING), 101.0, None)
     store.apply("a", update(Status.PENDING), 102.0, None)  # no change: no event
     store.apply("a", update(Status.PROCESSING), 103.0, None)
-    done = update(Status.FAILED, Finish(Status.FAILED, 4.0, error_message="<b>boom</b>"))
+    done = update(Status.FAILED, Finish(Status.FAILED, 4.0, error_message="<b>boom</b>"), at=104.0)
     store.apply("a", done, 104.0, "unknown")
     store.apply("a", done, 105.0, "unknown")  # already finished: refused, no event
     assert store.events("a") == [
@@ -68,7 +60,9 @@ def test_events_are_bounded_per_task(store: SqliteTaskStore) -> None:
 def test_remove_and_prune_drop_the_events(store: SqliteTaskStore) -> None:
     store.add([DiscoveredTask("a", "api"), DiscoveredTask("b", "api")], 100.0)
     for task_id in ("a", "b"):
-        store.apply(task_id, update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0)), 110.0, None)
+        store.apply(
+            task_id, update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0), at=110.0), 110.0, None
+        )
     assert store.remove("a")
     assert not store.remove("a")
     assert store.get("a") is None and store.events("a") == []
@@ -118,9 +112,13 @@ def test_in_flight_oldest_first_and_latest_finished_newest_first(store: SqliteTa
     store.apply("old", update(Status.PENDING, created=10.0), 101.0, None)
     store.apply("mid", update(Status.PROCESSING, created=50.0), 101.0, None)
     store.apply("new", update(Status.PENDING, created=None), 101.0, None)  # discovered at 100
-    store.apply("f1", update(Status.FAILED, Finish(Status.FAILED, error_message="x")), 120.0, "r")
-    store.apply("f2", update(Status.TIMEOUT, Finish(Status.TIMEOUT)), 130.0, None)
-    store.apply("ok", update(Status.COMPLETED, Finish(Status.COMPLETED, 3.0)), 140.0, None)
+    store.apply(
+        "f1", update(Status.FAILED, Finish(Status.FAILED, error_message="x"), at=120.0), 120.0, "r"
+    )
+    store.apply("f2", update(Status.TIMEOUT, Finish(Status.TIMEOUT), at=130.0), 130.0, None)
+    store.apply(
+        "ok", update(Status.COMPLETED, Finish(Status.COMPLETED, 3.0), at=140.0), 140.0, None
+    )
     assert [t.task_id for t in store.in_flight(10)] == ["old", "mid", "new"]
     assert [t.task_id for t in store.in_flight(1)] == ["old"]
     failures = store.latest_finished((Status.FAILED, Status.TIMEOUT, Status.EXPIRED), 10)
@@ -136,9 +134,9 @@ def test_model_summaries_with_medians(store: SqliteTaskStore) -> None:
             task_id = f"{model}{n}"
             store.add([DiscoveredTask(task_id, "api", model=model)], 1.0)
             finish = Finish(Status.COMPLETED, value)
-            store.apply(task_id, update(Status.COMPLETED, finish, model=model), 2.0, None)
+            store.apply(task_id, update(Status.COMPLETED, finish, model=model, at=2.0), 2.0, None)
     store.add([DiscoveredTask("bf", "api", model="b"), DiscoveredTask("x", "api")], 1.0)
-    failed = update(Status.FAILED, Finish(Status.FAILED, 99.0), model="b")
+    failed = update(Status.FAILED, Finish(Status.FAILED, 99.0), model="b", at=2.0)
     store.apply("bf", failed, 2.0, None)
     store.add([DiscoveredTask("c0", "api", model="c")], 1.0)
     assert store.model_summaries() == [

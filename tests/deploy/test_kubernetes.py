@@ -182,7 +182,7 @@ def probe_path(probe: Object) -> str:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes(overlay: str) -> None:
     exporter = container(overlay)
-    assert probe_path(exporter["livenessProbe"]) == "/-/healthy"
+    assert probe_path(exporter["livenessProbe"]) == "/-/live"
     assert probe_path(exporter["readinessProbe"]) == "/-/ready"
 
 

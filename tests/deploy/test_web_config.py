@@ -172,7 +172,7 @@ def test_service_monitor_settings_match_the_web_config(
     with pytest.raises(urllib3.exceptions.SSLError):
         scrape(exporter, endpoint, ca, "another-name", auth)
 
-    for probe, path in (("livenessProbe", "/-/healthy"), ("readinessProbe", "/-/ready")):
+    for probe, path in (("livenessProbe", "/-/live"), ("readinessProbe", "/-/ready")):
         command = [pod.localize(part) for part in pod.exporter[probe]["exec"]["command"]]
         assert command[0] == "python" and command[2] == path
         run = [sys.executable, *command[1:], str(exporter)]

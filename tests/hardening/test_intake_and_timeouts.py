@@ -25,7 +25,8 @@ from exporter.model import DiscoveredTask, OutcomeKind
 from exporter.proxy import build_proxy
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.upstream.client import UpstreamClient
-from exporter.web.server import WebServer, build_app
+from exporter.web.httpserver import HttpServer
+from exporter.web.server import build_app
 from tests.proxy.upstream import Upstream
 
 pytestmark = pytest.mark.integration
@@ -125,7 +126,7 @@ def test_the_status_page_can_ask_for_the_token(store: SqliteTaskStore) -> None:
         },
     )()
     app = build_app(registry, health, apis.mounts(store, recorder(registry)))
-    server = WebServer(app, "127.0.0.1:0")
+    server = HttpServer(app, "127.0.0.1:0")
     server.start()
     url = f"http://127.0.0.1:{server.port}"
     try:

@@ -327,13 +327,13 @@ def test_decide_never_raises_finishes_once_and_moves_on(
             assert fresh is not None and stale is not None
             task = stale if use_stale else fresh  # a racing poller may hold an old copy
             update = decide(task, outcome, now, policy, jitter)
-            assert update.next_poll_at > now
-            assert update.consecutive_errors >= 0
+            assert update.task.next_poll_at > now
+            assert update.task.consecutive_errors >= 0
             if task.status not in FINISHED_STATUSES:
-                assert (update.finish is not None) == (update.status in FINISHED_STATUSES)
+                assert (update.finish is not None) == (update.task.status in FINISHED_STATUSES)
             if update.finish is not None:
                 finish = update.finish
-                assert finish.status is update.status
+                assert finish.status is update.task.status
                 assert finish.duration is None or finish.duration >= 0
                 assert finish.uncertainty is None or finish.uncertainty >= 0
             assert update.pending_seconds is None or update.pending_seconds >= 0

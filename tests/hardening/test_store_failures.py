@@ -197,6 +197,9 @@ def test_deleted_store_is_noticed_and_nothing_more_is_acknowledged(
         health = requests.get(f"{exporter.url}/-/healthy", timeout=5)
         assert health.status_code == 503 and "deleted" in health.text
         assert requests.get(f"{exporter.url}/-/ready", timeout=5).status_code == 503
+        # Only a restart mends this one: the liveness probe's path says so.
+        live = requests.get(f"{exporter.url}/-/live", timeout=5)
+        assert live.status_code == 503 and "deleted" in live.text
         assert total(exporter.metrics(), "lemondata_store_up") == 0
         # It does not heal by itself: the writes would go to a file nobody can open.
         assert register(exporter, new_ids(5)).status_code == 503

@@ -21,8 +21,8 @@ import yaml
 from exporter.config import ConfigError
 from exporter.simulator import Simulator
 from exporter.web import security
+from exporter.web.httpserver import HttpServer
 from exporter.web.security import BasicAuth, load_web_security
-from exporter.web.server import WebServer
 from tests.hardening.certs import CA, Pair
 from tests.harness import ExporterProcess, free_port, parse_metrics, total, wait_for
 from tests.harness.fixtures import KEY, create_tasks, exporter_config
@@ -63,12 +63,12 @@ def tls_section(pki: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Any]:
-    servers: list[WebServer] = []
+    servers: list[HttpServer] = []
 
     def start(data: dict[str, Any]) -> str:
         web_security = load_web_security(write_config(tmp_path, data))
         assert web_security is not None
-        server = WebServer(web_security.wrap(hello), "127.0.0.1:0", tls=web_security.tls)
+        server = HttpServer(web_security.wrap(hello), "127.0.0.1:0", tls=web_security.tls)
         server.start()
         servers.append(server)
         scheme = "https" if web_security.tls else "http"

@@ -30,11 +30,12 @@ def wait_for(
     """
     deadline = time.monotonic() + timeout
     last_error = ""
+    tolerated: tuple[type[Exception], ...] = (requests.RequestException, OSError, *tolerate)
     while True:
         result = None
         try:
             result = condition()
-        except (requests.RequestException, OSError, *tolerate) as exc:
+        except tolerated as exc:
             last_error = f" (last error: {exc!r})"
         if result:
             return result

@@ -200,14 +200,23 @@ def test_aggregations_keep_the_topology(config: BundleConfig) -> None:
             assert "without" not in rule["expr"], name
 
 
-def test_custom_selector_is_in_every_raw_selector() -> None:
-    raw = re.compile(r"\b(lemondata_[a-z_]+|up|process_start_time_seconds)\{([^}]*)\}")
-    for group in rules.Rules(CUSTOM).recording_groups() + rules.Rules(CUSTOM).alerting_groups():
+def test_custom_selector_is_in_every_selector() -> None:
+    """Raw and recorded series alike: two bundles with their own selectors in one
+    Prometheus never read (and record again) each other's series."""
+    groups = rules.Rules(CUSTOM).recording_groups() + rules.Rules(CUSTOM).alerting_groups()
+    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    series = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)(\{[^}]*\})?")
+    for group in groups:
         for rule in group["rules"]:
-            for metric, matchers in raw.findall(rule["expr"]):
-                if metric.startswith("lemondata_slo") or ":" in metric:
-                    continue
-                assert matchers.startswith('job="ld-prod", team="ml"'), (metric, matchers)
+            for metric, matchers in series.findall(rule["expr"]):
+                if metric in recorded or metric.startswith("lemondata_") or metric == "up":
+                    assert matchers.startswith('{job="ld-prod", team="ml"'), (metric, rule)
+
+
+def test_labels_of_the_selector_are_kept_by_recording_rules() -> None:
+    config = BundleConfig(selector='tenant="a", job=~"ld.*"', topology_labels=("job",))
+    assert rules.selector_labels('a="x=y", b!~"c", job="j"') == ("a", "b", "job")
+    assert rules.Rules(config).topology == ("job", "tenant")
 
 
 def test_custom_annotations() -> None:

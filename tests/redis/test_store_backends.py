@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.backends import account_budget_key
+from exporter.model import DiscoveredTask, Finish, Status
 from exporter.poller.shared_budget import SharedRequestBudget
 from exporter.store.base import FinishLabels, TaskStore
 from exporter.store.redis import RedisTaskStore, redact_url
 from exporter.store.sqlite import SqliteTaskStore, StoreError
 from tests.harness import RedisServer
+from tests.harness.updates import polled
 
 MakeStore = Callable[..., TaskStore]
 
@@ -27,7 +29,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
         client: redis.Redis = request.getfixturevalue("redis_client")
         url = request.getfixturevalue("redis_server").url
 
-        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
+        def make(replica: str = "r1", lease: float = 30.0, per_account: bool = False) -> TaskStore:
             store = RedisTaskStore(url, prefix="t:", replica_id=replica, lease_seconds=lease)
             opened.append(store)
             return store
@@ -35,28 +37,14 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
         assert client.ping()
     else:
 
-        def make(replica: str = "r1", lease: float = 30.0) -> TaskStore:
-            store = SqliteTaskStore(tmp_path / "store.db")
+        def make(replica: str = "r1", lease: float = 30.0, per_account: bool = False) -> TaskStore:
+            store = SqliteTaskStore(tmp_path / "store.db", per_account=per_account)
             opened.append(store)
             return store
 
     yield make
     for store in opened:
         store.close()
-
-
-def update(status: Status, finish: Finish | None = None, next_poll_at: float = 200.0) -> TaskUpdate:
-    return TaskUpdate(
-        status=status,
-        next_poll_at=next_poll_at,
-        consecutive_errors=0,
-        created=90.0,
-        model="flux",
-        first_seen=100.0,
-        processing_seen=None,
-        last_polled=100.0,
-        finish=finish,
-    )
 
 
 @pytest.mark.integration
@@ -86,10 +74,12 @@ def test_add_is_idempotent_and_survives_reopen(make_store: MakeStore) -> None:
 def test_due_orders_by_next_poll_and_skips_finished(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x"), DiscoveredTask("b", "x")], 100.0)
-    assert store.apply("a", update(Status.PROCESSING, next_poll_at=150.0), 100.0, None)
+    assert store.apply("a", polled(Status.PROCESSING, next_poll_at=150.0), 100.0, None)
     assert [t.task_id for t in store.due(160.0, 10)] == ["b", "a"]
     assert [t.task_id for t in store.due(120.0, 10)] == ["b"]
-    assert store.apply("b", update(Status.COMPLETED, Finish(Status.COMPLETED, 10.0)), 100.0, None)
+    assert store.apply(
+        "b", polled(Status.COMPLETED, Finish(Status.COMPLETED, 10.0), at=100.0), 100.0, None
+    )
     assert [t.task_id for t in store.due(1000.0, 10)] == ["a"]
     assert store.due(1000.0, 0) == []
 
@@ -98,7 +88,7 @@ def test_due_orders_by_next_poll_and_skips_finished(make_store: MakeStore) -> No
 def test_finish_happens_once(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
-    done = update(Status.FAILED, Finish(Status.FAILED, 5.0, error_message="boom"))
+    done = polled(Status.FAILED, Finish(Status.FAILED, 5.0, error_message="boom"), at=101.0)
     assert store.apply("a", done, 101.0, "unknown")
     assert not store.apply("a", done, 102.0, "unknown")
     task = store.get("a")
@@ -120,7 +110,7 @@ def test_oldest_prune_and_source_state(make_store: MakeStore) -> None:
     assert store.source_state("file") == "[1, 10]"
     assert store.source_state("other") is None
     assert store.oldest_active() == {Status.UNKNOWN: 100.0}
-    store.apply("a", update(Status.COMPLETED, Finish(Status.COMPLETED)), 150.0, None)
+    store.apply("a", polled(Status.COMPLETED, Finish(Status.COMPLETED), at=150.0), 150.0, None)
     assert store.prune(140.0) == 0
     assert store.prune(160.0) == 1
     assert store.get("a") is None and store.get("b") is not None
@@ -133,12 +123,12 @@ def test_oldest_prune_and_source_state(make_store: MakeStore) -> None:
 def test_counts_oldest_and_models_follow_updates(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x", model="m1"), DiscoveredTask("b", "x")], 100.0)
-    assert store.apply("a", update(Status.PROCESSING), 101.0, None)
+    assert store.apply("a", polled(Status.PROCESSING), 101.0, None)
     assert store.count_by_status() == {Status.UNKNOWN: 1, Status.PROCESSING: 1}
     assert store.oldest_active() == {Status.UNKNOWN: 100.0, Status.PROCESSING: 90.0}
-    assert store.apply("b", update(Status.PENDING), 101.0, None)
+    assert store.apply("b", polled(Status.PENDING), 101.0, None)
     assert store.count_by_status() == {Status.PENDING: 1, Status.PROCESSING: 1}
-    assert store.apply("a", update(Status.TIMEOUT, Finish(Status.TIMEOUT)), 102.0, None)
+    assert store.apply("a", polled(Status.TIMEOUT, Finish(Status.TIMEOUT), at=102.0), 102.0, None)
     assert store.count_by_status() == {Status.PENDING: 1, Status.TIMEOUT: 1}
     assert store.oldest_active() == {Status.PENDING: 90.0}
     # Models seen so far (SQLite: of the tasks kept; Redis: ever, until they are re-read).
@@ -157,7 +147,7 @@ def test_concurrent_finishes_record_once(make_store: MakeStore) -> None:
     def race(store: TaskStore, name: str) -> None:
         barrier.wait()
         for task_id in ids:
-            done = update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0))
+            done = polled(Status.COMPLETED, Finish(Status.COMPLETED, 1.0), at=105.0)
             if store.apply(task_id, done, 105.0, None):
                 wins[name].append(task_id)
 
@@ -185,13 +175,13 @@ def test_finish_totals_count_each_finish_once_and_outlive_pruning(make_store: Ma
             if n % 3:
                 store.apply(
                     task_id,
-                    update(Status.COMPLETED, Finish(Status.COMPLETED)),
+                    polled(Status.COMPLETED, Finish(Status.COMPLETED), at=105.0),
                     105.0,
                     None,
                     completed,
                 )
             else:
-                done = update(Status.FAILED, Finish(Status.FAILED, error_message="nsfw"))
+                done = polled(Status.FAILED, Finish(Status.FAILED, error_message="nsfw"), at=105.0)
                 store.apply(task_id, done, 105.0, "content_policy", failed)
 
     threads = [threading.Thread(target=race, args=(store,)) for store in (first, second)]
@@ -201,7 +191,7 @@ def test_finish_totals_count_each_finish_once_and_outlive_pruning(make_store: Ma
         thread.join()
     # An unfinished update counts nothing, even with labels.
     first.add([DiscoveredTask("u", "x")], 100.0)
-    assert first.apply("u", update(Status.PROCESSING), 106.0, None, completed)
+    assert first.apply("u", polled(Status.PROCESSING), 106.0, None, completed)
     expected = {completed: 20, failed: 10}
     assert first.finish_totals() == expected == second.finish_totals()
     assert first.prune(200.0) == 30
@@ -214,8 +204,8 @@ def test_oldest_processing_by_model(make_store: MakeStore) -> None:
     store.add([DiscoveredTask(f"t{n}", "x") for n in range(6)], 100.0)
 
     def to(task_id: str, status: Status, model: str | None, created: float) -> None:
-        changed = update(status, Finish(status) if status is Status.COMPLETED else None)
-        changed = TaskUpdate(**{**_fields(changed), "model": model, "created": created})
+        finish = Finish(status) if status is Status.COMPLETED else None
+        changed = polled(status, finish, at=110.0, model=model, created=created)
         assert store.apply(task_id, changed, 110.0, None)
 
     assert store.oldest_processing_by_model() == {}
@@ -231,10 +221,6 @@ def test_oldest_processing_by_model(make_store: MakeStore) -> None:
     assert store.oldest_processing_by_model() == {"flux": 50.0, "veo": 70.0}
     to("t0", Status.COMPLETED, "flux", 50.0)
     assert store.oldest_processing_by_model() == {"veo": 70.0}
-
-
-def _fields(changed: TaskUpdate) -> dict[str, object]:
-    return {name: getattr(changed, name) for name in TaskUpdate.__dataclass_fields__}
 
 
 # ---- Redis only -------------------------------------------------------------
@@ -258,14 +244,14 @@ def test_due_leases_tasks_to_one_replica(
     # The first replica died: its leases run out and the second takes over.
     assert {t.task_id for t in two.due(131.0, 10)} == {f"t{n}" for n in range(6)}
     late = next(iter(mine))
-    done = update(Status.COMPLETED, Finish(Status.COMPLETED, 1.0))
+    done = polled(Status.COMPLETED, Finish(Status.COMPLETED, 1.0), at=132.0)
     assert not one.apply(late, done, 132.0, None)  # the lease is someone else's now
     assert two.apply(late, done, 132.0, None)
     assert two.finished_by(late) == "r2"
     assert not two.apply(late, done, 133.0, None)
     # A stored non-terminal result frees the task for any replica.
     other = sorted(theirs)[0]
-    assert two.apply(other, update(Status.PROCESSING, next_poll_at=140.0), 133.0, None)
+    assert two.apply(other, polled(Status.PROCESSING, next_poll_at=140.0), 133.0, None)
     assert other in {t.task_id for t in one.due(141.0, 10)}
     one.close()
     two.close()
@@ -294,6 +280,22 @@ def test_shared_budget_spaces_the_whole_group(
     assert other_group.reserve() == 0.0
 
 
+@pytest.mark.integration
+def test_each_account_has_its_own_shared_budget(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    def budget(account: str) -> SharedRequestBudget:
+        return SharedRequestBudget(
+            redis_client, rate=10, burst=1, prefix="acc:", key=account_budget_key(account)
+        )
+
+    a_here, a_there, b = budget("team-a"), budget("team-a"), budget("team-b")
+    a_here.pause_for(5)  # team-a's 429: every replica of the group waits, for team-a only
+    assert 4.5 < a_there.reserve() <= 5.0
+    assert b.reserve() == 0.0
+    assert redis_client.exists("acc:acct:team-a:budget:pause", "acc:acct:team-b:budget") == 2
+
+
 # ---- listing, history and removal (the task API and the status page) --------
 
 
@@ -301,7 +303,7 @@ def test_shared_budget_spaces_the_whole_group(
 def test_list_tasks_pages_and_filters(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask(f"t{n}", "x", model="m" if n % 2 else None) for n in range(7)], 100.0)
-    assert store.apply("t3", update(Status.PROCESSING), 101.0, None)  # model becomes flux
+    assert store.apply("t3", polled(Status.PROCESSING), 101.0, None)  # model becomes flux
     ids = [t.task_id for t in store.list_tasks(limit=3)]
     assert ids == ["t0", "t1", "t2"]
     assert [t.task_id for t in store.list_tasks(after="t2", limit=3)] == ["t3", "t4", "t5"]
@@ -315,9 +317,11 @@ def test_events_record_status_changes(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
     assert store.events("a") == []
-    assert store.apply("a", update(Status.PENDING), 101.0, None)
-    assert store.apply("a", update(Status.PENDING), 102.0, None)  # no change, no event
-    assert store.apply("a", update(Status.COMPLETED, Finish(Status.COMPLETED, 3.0)), 103.0, None)
+    assert store.apply("a", polled(Status.PENDING), 101.0, None)
+    assert store.apply("a", polled(Status.PENDING), 102.0, None)  # no change, no event
+    assert store.apply(
+        "a", polled(Status.COMPLETED, Finish(Status.COMPLETED, 3.0), at=103.0), 103.0, None
+    )
     assert [(e.at, e.previous, e.status) for e in store.events("a")] == [
         (101.0, Status.UNKNOWN, Status.PENDING),
         (103.0, Status.PENDING, Status.COMPLETED),
@@ -335,7 +339,7 @@ def test_events_are_capped_per_task(make_store: MakeStore) -> None:
     store.add([DiscoveredTask("a", "x")], 100.0)
     for n in range(60):
         status = Status.PENDING if n % 2 else Status.PROCESSING
-        assert store.apply("a", update(status), 101.0 + n, None)
+        assert store.apply("a", polled(status), 101.0 + n, None)
     events = store.events("a")
     assert len(events) == 50 and events[-1].at == 160.0
 
@@ -344,22 +348,15 @@ def test_events_are_capped_per_task(make_store: MakeStore) -> None:
 def test_in_flight_and_latest_finished(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask(i, "x") for i in ("a", "b", "c", "d")], 100.0)
-    later = TaskUpdate(
-        status=Status.PENDING,
-        next_poll_at=200.0,
-        consecutive_errors=0,
-        created=95.0,
-        model=None,
-        first_seen=101.0,
-        processing_seen=None,
-        last_polled=101.0,
-    )
+    later = polled(Status.PENDING, created=95.0, model=None, first_seen=101.0, last_polled=101.0)
     assert store.apply("c", later, 101.0, None)
     assert [t.task_id for t in store.in_flight(10)] == ["c", "a", "b", "d"]
     assert [t.task_id for t in store.in_flight(2)] == ["c", "a"]
-    assert store.apply("a", update(Status.FAILED, Finish(Status.FAILED, 1.0)), 110.0, "x")
-    assert store.apply("b", update(Status.COMPLETED, Finish(Status.COMPLETED, 2.0)), 120.0, None)
-    assert store.apply("d", update(Status.FAILED, Finish(Status.FAILED, 1.0)), 130.0, "x")
+    assert store.apply("a", polled(Status.FAILED, Finish(Status.FAILED, 1.0), at=110.0), 110.0, "x")
+    assert store.apply(
+        "b", polled(Status.COMPLETED, Finish(Status.COMPLETED, 2.0), at=120.0), 120.0, None
+    )
+    assert store.apply("d", polled(Status.FAILED, Finish(Status.FAILED, 1.0), at=130.0), 130.0, "x")
     assert [t.task_id for t in store.latest_finished([Status.FAILED], 10)] == ["d", "a"]
     both = store.latest_finished([Status.FAILED, Status.COMPLETED], 2)
     assert [t.task_id for t in both] == ["d", "b"]
@@ -380,7 +377,7 @@ def test_model_summaries(make_store: MakeStore) -> None:
         100.0,
     )
     for task_id, seconds in (("a", 4.0), ("b", 8.0)):
-        done = update(Status.COMPLETED, Finish(Status.COMPLETED, seconds))
+        done = polled(Status.COMPLETED, Finish(Status.COMPLETED, seconds), at=110.0)
         assert store.apply(task_id, done, 110.0, None)
     summaries = {s.model: s for s in store.model_summaries()}
     assert set(summaries) == {None, "flux"}
@@ -399,10 +396,8 @@ def test_model_summaries(make_store: MakeStore) -> None:
 def test_progress_is_kept(make_store: MakeStore) -> None:
     store = make_store()
     store.add([DiscoveredTask("a", "x")], 100.0)
-    moving = TaskUpdate(
-        status=Status.PROCESSING,
-        next_poll_at=200.0,
-        consecutive_errors=0,
+    moving = polled(
+        Status.PROCESSING,
         created=95.0,
         model=None,
         first_seen=101.0,
@@ -443,3 +438,66 @@ def test_one_replica_at_a_time_reports_the_store_gauges(
     assert not one.reports_store_gauges()
     one.close()
     two.close()
+
+
+@pytest.mark.integration
+def test_each_account_has_its_own_due_tasks(make_store: MakeStore) -> None:
+    store = make_store(per_account=True)
+    store.add(
+        [
+            DiscoveredTask("a1", "api", account="team-a"),
+            DiscoveredTask("b1", "api", account="team-b"),
+            DiscoveredTask("b2", "file", account="team-b"),
+            DiscoveredTask("d1", "file"),
+        ],
+        100.0,
+    )
+    store.close()
+    store = make_store(per_account=True)  # the account survives the round trip
+    assert store.count_by_account() == {
+        "team-a": {Status.UNKNOWN: 1},
+        "team-b": {Status.UNKNOWN: 2},
+        "default": {Status.UNKNOWN: 1},
+    }
+    assert [t.task_id for t in store.due(100.0, 10, "team-a")] == ["a1"]
+    assert sorted(t.task_id for t in store.due(100.0, 10, "team-b")) == ["b1", "b2"]
+    assert [t.task_id for t in store.due(100.0, 10, "default")] == ["d1"]
+    task = store.get("b1")
+    assert task is not None and task.account == "team-b"
+    # A poll moves the task within its own account's queue only.
+    assert store.apply("b1", polled(Status.PROCESSING, next_poll_at=300.0), 101.0, None)
+    assert [t.task_id for t in store.due(200.0, 10, "team-b")] == ["b2"]
+    assert sorted(t.task_id for t in store.due(300.0, 10, "team-b")) == ["b1", "b2"]
+    assert store.due(300.0, 10, "team-a")[0].task_id == "a1"
+    finish = Finish(Status.COMPLETED, duration=10.0)
+    assert store.apply("a1", polled(Status.COMPLETED, finish), 102.0, None)
+    assert store.due(400.0, 10, "team-a") == []
+    assert store.remove("b2")
+    assert [t.task_id for t in store.due(400.0, 10, "team-b")] == ["b1"]
+    got = store.get("a1")
+    assert got is not None and got.account == "team-a"
+    assert store.count_by_account() == {
+        "team-a": {Status.COMPLETED: 1},
+        "team-b": {Status.PROCESSING: 1},
+        "default": {Status.UNKNOWN: 1},
+    }
+    assert store.prune(200.0) == 1  # a1, finished at 102
+    assert store.count_by_account() == {
+        "team-b": {Status.PROCESSING: 1},
+        "default": {Status.UNKNOWN: 1},
+    }
+
+
+@pytest.mark.integration
+def test_tasks_of_the_default_account_keep_the_old_redis_layout(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    store = RedisTaskStore(redis_server.url, prefix="old:", replica_id="r1")
+    store.add([DiscoveredTask("d1", "file"), DiscoveredTask("n1", "file", account="n")], 100.0)
+    assert redis_client.hget("old:t:d1", "ac") is None  # as older versions wrote it
+    assert redis_client.zrange("old:q", 0, -1) == ["d1"]
+    assert redis_client.zrange("old:q:n", 0, -1) == ["n1"]
+    assert [t.task_id for t in store.due(100.0, 10)] == ["d1"]
+    task = store.get("d1")
+    assert task is not None and task.account == "default"
+    store.close()

@@ -1,6 +1,7 @@
 """Redis goes away under a running exporter and comes back: /metrics keeps
 answering with lemondata_store_up 0, health and the task API say why with
-503, and everything resumes by itself once Redis is back."""
+503 (liveness stays 200: a restart would not help), and everything resumes
+by itself once Redis is back."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def register(exporter: ExporterProcess, *ids: str) -> requests.Response:
     return requests.post(f"{exporter.url}/api/v1/tasks", json=body, headers=AUTH, timeout=10)
 
 
-def health(exporter: ExporterProcess) -> requests.Response:
-    return requests.get(f"{exporter.url}/-/healthy", timeout=5)
+def health(exporter: ExporterProcess, path: str = "/-/healthy") -> requests.Response:
+    return requests.get(f"{exporter.url}{path}", timeout=5)
 
 
 def test_redis_down_and_back(tmp_path: Path) -> None:
@@ -51,6 +52,8 @@ def test_redis_down_and_back(tmp_path: Path) -> None:
         answer = register(exporter, "task-3")
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "store_unavailable"
         assert requests.get(f"{exporter.url}/-/ready", timeout=5).status_code == 503
+        # A restart cannot bring Redis back: the liveness probe's path stays 200.
+        assert health(exporter, "/-/live").status_code == 200
 
         server.start()
         wait_for(lambda: health(exporter).status_code == 200, 60, "health back with Redis")

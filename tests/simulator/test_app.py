@@ -292,3 +292,45 @@ def test_settings_validation() -> None:
         SimulatorSettings(api_keys=())
     with pytest.raises(ValueError):
         SimulatorSettings(lost_fraction=2)
+
+
+def test_each_key_is_an_account_of_its_own(clock: FakeClock) -> None:
+    sim = make(
+        clock,
+        api_keys=("sk-a", "sk-b"),
+        rate_limit_per_minute=0,
+        key_limits={"sk-a": 1, "sk-b": 0},
+    )
+    key_a, key_b = {"authorization": "Bearer sk-a"}, {"authorization": "Bearer sk-b"}
+    created = sim.handle(
+        Request("POST", "/v1/images/generations", key_b, json.dumps({"model": "m"}).encode())
+    )
+    task_id = body(created)["task_id"]
+    # Another account's task does not exist for this key, as on a multi-tenant API.
+    mine, theirs = get(sim, f"/v1/tasks/{task_id}", key_b), get(sim, f"/v1/tasks/{task_id}", key_a)
+    assert mine.status == 200
+    assert (theirs.status, body(theirs)["error"]["code"]) == (404, "async_task_not_found")
+    # Each key has its own limit: sk-a's 1 a minute is spent, sk-b has none.
+    assert get(sim, f"/v1/tasks/{task_id}", key_a).status == 429
+    assert all(get(sim, f"/v1/tasks/{task_id}", key_b).status == 200 for _ in range(5))
+    # A revoked key is refused; the other goes on.
+    reply = sim.handle(Request("POST", "/_sim/revoke", {}, b'{"key": "sk-b"}'))
+    assert reply.status == 200
+    revoked = get(sim, f"/v1/tasks/{task_id}", key_b)
+    assert (revoked.status, body(revoked)["error"]["code"]) == (401, "expired_api_key")
+    clock.advance(61)
+    assert get(sim, "/v1/tasks/img_unknown", key_a).status == 404
+
+
+def test_keys_without_a_limit_of_their_own_share_one_account(clock: FakeClock) -> None:
+    sim = make(clock, api_keys=("sk-app", "sk-exporter"), rate_limit_per_minute=0)
+    created = sim.handle(
+        Request(
+            "POST",
+            "/v1/images/generations",
+            {"authorization": "Bearer sk-app"},
+            json.dumps({"model": "m"}).encode(),
+        )
+    )
+    task_id = body(created)["task_id"]
+    assert get(sim, f"/v1/tasks/{task_id}", {"authorization": "Bearer sk-exporter"}).status == 200

@@ -50,4 +50,14 @@ def test_reset_forgets_windows() -> None:
 
 def test_rejects_bad_limits() -> None:
     with pytest.raises(ValueError):
-        FixedWindowLimiter(0)
+        FixedWindowLimiter(-1)
+
+
+def test_a_key_may_have_a_limit_of_its_own() -> None:
+    limiter = FixedWindowLimiter(0, limits={"small": 1, "big": 3})
+    assert limiter.hit("other", 0.0) is None  # not limited: no headers either
+    small = [limiter.hit("small", 0.0 + i) for i in range(2)]
+    big = [limiter.hit("big", 0.0 + i) for i in range(3)]
+    assert [d.allowed for d in small if d] == [True, False]
+    assert [d.allowed for d in big if d] == [True, True, True]
+    assert big[0] is not None and big[0].limit == 3

@@ -63,7 +63,7 @@ def test_failures_are_counted_logged_once_and_heal_by_probe(
     assert sample(registry, "lemondata_store_errors_total", op="add") == 500
     assert sample(registry, "lemondata_store_up") == 0
     assert len(caplog.records) == 1
-    assert not guard.usable()
+    assert not guard.usable() and not guard.needs_restart()  # a full disk heals
     clock.now += 61
     with pytest.raises(StoreUnavailable):
         guard.add([DiscoveredTask("x", "api")], 1.0)
@@ -89,6 +89,7 @@ def test_deleted_file_refuses_everything_until_a_restart(tmp_path: Path) -> None
         guard.add([DiscoveredTask("b", "api")], 1.0)
     clock.now += 3600
     assert guard.problem() is not None and "deleted" in (guard.problem() or "")
+    assert guard.needs_restart()
     with pytest.raises(StoreUnavailable):
         guard.remove("a")
     with pytest.raises(StoreUnavailable, match="deleted"):

@@ -23,6 +23,7 @@ from exporter.store import sqlite as sqlite_store
 from exporter.store.base import FinishLabels
 from exporter.store.sqlite import SqliteTaskStore
 from tests.api.support import call
+from tests.harness.updates import polled
 
 MODELS = ("flux-pro", "veo-3", "sora-2", None)
 ENDS = (Status.COMPLETED, Status.FAILED, Status.EXPIRED, Status.TIMEOUT, Status.CANCELLED)
@@ -30,16 +31,15 @@ ENDS = (Status.COMPLETED, Status.FAILED, Status.EXPIRED, Status.TIMEOUT, Status.
 
 def update(status: Status, now: float, model: str | None, duration: float | None) -> TaskUpdate:
     finish = Finish(status, duration) if status in FINISHED_STATUSES else None
-    return TaskUpdate(
-        status=status,
+    return polled(
+        status,
+        finish,
+        at=now,
         next_poll_at=now + 5,
-        consecutive_errors=0,
         created=now - 10,
         model=model,
         first_seen=now - 5,
-        processing_seen=None,
         last_polled=now,
-        finish=finish,
     )
 
 

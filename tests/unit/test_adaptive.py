@@ -16,7 +16,6 @@ from exporter.model import (
     Status,
     StatusReport,
     Task,
-    TaskUpdate,
 )
 from exporter.poller.adaptive import (
     LOWER_EDGES,
@@ -34,6 +33,7 @@ from exporter.poller.cycle import CycleSettings
 from exporter.poller.ratelimit import RequestBudget
 from exporter.poller.transitions import PollPolicy, decide
 from exporter.store.sqlite import SqliteTaskStore
+from tests.harness.updates import polled
 
 PARAMS = ScheduleParams(dense_interval=3.0, max_interval=60.0, tail_fraction=0.2)
 NOW = 1_700_000_000.0
@@ -216,14 +216,14 @@ def test_decide_asks_the_planner_for_healthy_answers_only() -> None:
     planner = RecordingPlanner(17.0)
     policy = PollPolicy(task_interval=5, max_wait=600, backoff_base=2)
     update = decide(task(), report("processing", created=NOW - 50), NOW, policy, 0.5, planner)
-    assert update.next_poll_at == NOW + 17
+    assert update.task.next_poll_at == NOW + 17
     assert planner.calls == [("m", 50.0, None)]
     failing = decide(task(), PollOutcome(OutcomeKind.SERVER_ERROR, 503), NOW, policy, 0.0, planner)
-    assert failing.next_poll_at == NOW + 1  # backoff, not the planner
+    assert failing.task.next_poll_at == NOW + 1  # backoff, not the planner
     done = decide(task(), report("completed", created=NOW - 50), NOW, policy, 0.5, planner)
     assert done.finish is not None and len(planner.calls) == 1
     fixed = decide(task(), report("processing"), NOW, PollPolicy(task_interval=5), 0.5)
-    assert fixed.next_poll_at == NOW + 5
+    assert fixed.task.next_poll_at == NOW + 5
 
 
 def test_decide_anchors_progress_at_the_first_reading_and_extrapolates() -> None:
@@ -232,23 +232,23 @@ def test_decide_anchors_progress_at_the_first_reading_and_extrapolates() -> None
     first = decide(
         task(), report("processing", progress=10, updated=NOW - 1), NOW, policy, 0, planner
     )
-    assert (first.progress, first.progress_at) == (10, NOW - 1)
+    assert (first.task.progress, first.task.progress_at) == (10, NOW - 1)
     assert planner.last_eta() is None
-    anchored = task(progress=first.progress, progress_at=first.progress_at)
+    anchored = task(progress=first.task.progress, progress_at=first.task.progress_at)
     second = decide(
         anchored, report("processing", progress=50, updated=NOW + 19), NOW + 20, policy, 0, planner
     )
-    assert (second.progress, second.progress_at) == (10, NOW - 1)  # the anchor stays
+    assert (second.task.progress, second.task.progress_at) == (10, NOW - 1)  # the anchor stays
     eta = planner.last_eta()
     assert eta is not None and eta.seconds == pytest.approx(50 * 20 / 40 - 1)
     # Progress going back (a retry upstream) starts a new anchor.
     back = decide(anchored, report("processing", progress=5), NOW + 30, policy, 0, planner)
-    assert (back.progress, back.progress_at) == (5, NOW + 30)
+    assert (back.task.progress, back.task.progress_at) == (5, NOW + 30)
     # `updated` in the future is not used as the reading's time.
     ahead = decide(
         task(), report("processing", progress=10, updated=NOW + 99), NOW, policy, 0, planner
     )
-    assert ahead.progress_at == NOW
+    assert ahead.task.progress_at == NOW
 
 
 class ProcessingClient:
@@ -276,10 +276,9 @@ def test_a_short_budget_polls_the_tasks_most_likely_finished_first() -> None:
     for task_id, age in ages.items():
         if task_id == "new":
             continue  # never answered: nothing known, so it goes first
-        update = TaskUpdate(
-            status=Status.PROCESSING,
+        update = polled(
+            Status.PROCESSING,
             next_poll_at=now - 10 if task_id.startswith("young") else now - 1,
-            consecutive_errors=0,
             created=now - age,
             model="m",
             first_seen=now - age,

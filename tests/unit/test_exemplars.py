@@ -19,6 +19,7 @@ from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
 from exporter.store.sqlite import SqliteTaskStore
 from exporter.web.server import build_app
 from tests.api.support import call
+from tests.harness.updates import polled
 
 T = 1_700_000_000.0
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -27,6 +28,9 @@ TOKEN = "exemplar-test-token-0123456789abcdef"
 
 class Health:
     def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def alive(self) -> tuple[bool, str]:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -40,17 +44,17 @@ class Health:
 
 
 def update(status: Status, duration: float | None, pending: float | None) -> TaskUpdate:
-    return TaskUpdate(
-        status=status,
+    return polled(
+        status,
+        Finish(status, duration, True, 0.0, None) if duration is not None else None,
+        at=T,
+        pending_seconds=pending,
         next_poll_at=T,
-        consecutive_errors=0,
         created=T - 100,
         model="flux-pro",
         first_seen=T,
         processing_seen=T,
         last_polled=T,
-        pending_seconds=pending,
-        finish=Finish(status, duration, True, 0.0, None) if duration is not None else None,
     )
 
 

@@ -161,7 +161,7 @@ def test_a_finish_is_classified_stored_once_and_heard_once() -> None:
     )
     assert handler.handle(task(), failed("policy violation"), NOW)
     [(task_id, update, reason, labels)] = writer.applied
-    assert (task_id, update.status, reason) == ("img_1", Status.FAILED, "content_policy")
+    assert (task_id, update.task.status, reason) == ("img_1", Status.FAILED, "content_policy")
     assert labels == FinishLabels("m", "failed", "content_policy", "user")
     assert heard.answers == [(OutcomeKind.REPORT, False)]
     [change] = heard.changes

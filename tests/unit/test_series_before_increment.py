@@ -16,10 +16,11 @@ from exporter.config import DEFAULT_FAILURE_REASONS
 from exporter.metrics.collector import TaskStoreCollector
 from exporter.metrics.recorder import NEW_SERIES_WAIT_SECONDS, Recorder
 from exporter.metrics.store_totals import StoreTotalsCollector
-from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.model import DiscoveredTask, Finish, Status
 from exporter.store.base import FinishLabels
 from exporter.store.sqlite import SqliteTaskStore
 from tests.harness import Samples, parse_metrics
+from tests.harness.updates import polled
 
 T = 1_700_000_000.0
 
@@ -63,16 +64,15 @@ class Rig:
         reason = self.classifier.classify(error) if status is Status.FAILED else None
         label = self.recorder.model_label(model)
         klass = self.classifier.class_of(reason) if reason else None
-        done = TaskUpdate(
-            status=status,
+        done = polled(
+            status,
+            Finish(status, 10.0, True, 0.0, error or None),
+            at=self.clock(),
             next_poll_at=T,
-            consecutive_errors=0,
             created=T - 10,
             model=model,
             first_seen=T,
-            processing_seen=None,
             last_polled=T,
-            finish=Finish(status, 10.0, True, 0.0, error or None),
         )
         labels = FinishLabels(label, status.value, reason, klass)
         assert self.store.apply(task_id, done, self.clock(), reason, labels)
@@ -181,10 +181,9 @@ def test_oldest_processing_age_per_model() -> None:
     rig = Rig(SqliteTaskStore(":memory:"))
     rig.store.add([DiscoveredTask("a", "file", model="veo-3")], T)
     rig.recorder.add_models(["veo-3", "flux"])
-    processing = TaskUpdate(
-        status=Status.PROCESSING,
+    processing = polled(
+        Status.PROCESSING,
         next_poll_at=T + 5,
-        consecutive_errors=0,
         created=T - 100,
         model="veo-3",
         first_seen=T,

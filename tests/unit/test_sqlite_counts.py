@@ -4,22 +4,9 @@ so a scrape does not read every task (bench/scale.py)."""
 import sqlite3
 from pathlib import Path
 
-from exporter.model import DiscoveredTask, Finish, Status, TaskUpdate
+from exporter.model import DiscoveredTask, Finish, Status
 from exporter.store.sqlite import SqliteTaskStore
-
-
-def update(status: Status, finish: Finish | None = None) -> TaskUpdate:
-    return TaskUpdate(
-        status=status,
-        next_poll_at=200.0,
-        consecutive_errors=0,
-        created=90.0,
-        model="flux",
-        first_seen=100.0,
-        processing_seen=None,
-        last_polled=100.0,
-        finish=finish,
-    )
+from tests.harness.updates import polled
 
 
 def counted(path: Path) -> dict[Status, int]:
@@ -32,11 +19,11 @@ def test_status_counts_follow_every_write_and_older_files(tmp_path: Path) -> Non
     path = tmp_path / "s.db"
     store = SqliteTaskStore(path)
     store.add([DiscoveredTask(f"t{i}", "x") for i in range(10)], 100.0)
-    store.apply("t1", update(Status.PROCESSING), 101.0, None)
-    store.apply("t2", update(Status.PENDING), 101.0, None)
-    store.apply("t2", update(Status.PROCESSING), 102.0, None)
-    store.apply("t3", update(Status.FAILED, Finish(Status.FAILED, 1.0)), 103.0, "x")
-    store.apply("t3", update(Status.COMPLETED, Finish(Status.COMPLETED)), 104.0, None)  # refused
+    store.apply("t1", polled(Status.PROCESSING), 101.0, None)
+    store.apply("t2", polled(Status.PENDING), 101.0, None)
+    store.apply("t2", polled(Status.PROCESSING), 102.0, None)
+    store.apply("t3", polled(Status.FAILED, Finish(Status.FAILED, 1.0)), 103.0, "x")
+    store.apply("t3", polled(Status.COMPLETED, Finish(Status.COMPLETED)), 104.0, None)  # refused
     store.remove("t4")
     store.prune(200.0)
     assert store.count_by_status() == counted(path) == {Status.UNKNOWN: 6, Status.PROCESSING: 2}
