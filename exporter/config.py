@@ -882,18 +882,26 @@ def shown_path(path: Path) -> str:
     return "the file named there (if that is the secret itself: name a file that holds it)"
 
 
+def read_secret_file(path: Path) -> str:
+    """The secret in `path`, stripped; ValueError saying why it cannot be had (the
+    file unreadable, not UTF-8, empty), never with the secret in it."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{shown_path(path)} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {shown_path(path)}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
 def _read_key_file(path: Path, field: str, prefix: str) -> SecretStr:
     """The key in `path`; ConfigError naming the file and `field`, never the key."""
     try:
-        key = path.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError([f"{prefix}{field}: {shown_path(path)} is not UTF-8 text"]) from None
-    except OSError as exc:
-        raise ConfigError(
-            [f"{prefix}{field}: cannot read {shown_path(path)}: {exc.strerror}"]
-        ) from None
-    if not key:
-        raise ConfigError([f"{prefix}{field}: {path} is empty"])
+        key = read_secret_file(path)
+    except ValueError as exc:
+        raise ConfigError([f"{prefix}{field}: {exc}"]) from None
     problem = secret_problem(key, f"the key in {path}")
     if problem:
         raise ConfigError([f"{prefix}{field}: {problem}"])
@@ -977,14 +985,8 @@ def read_redis_password(config: Config, environ: dict[str, str] | None = None) -
     path = config.store.redis_password_file
     if path is not None:
         try:
-            password = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise ConfigError(
-                [f"store.redis_password_file: cannot read {path}: {reason}"]
-            ) from None
-        if not password:
-            raise ConfigError([f"store.redis_password_file: {path} is empty"])
-        return SecretStr(password)
+            return SecretStr(read_secret_file(path))
+        except ValueError as exc:
+            raise ConfigError([f"store.redis_password_file: {exc}"]) from None
     password = env.get(REDIS_PASSWORD_ENV, "").strip()
     return SecretStr(password) if password else None

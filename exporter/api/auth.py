@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from exporter.config import Config, shown_path
+from exporter.config import Config, read_secret_file
 
 TOKEN_ENV = "LEMONDATA_EXPORTER_TOKEN"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -30,12 +30,9 @@ def read_token(config: Config, environ: Mapping[str, str] | None = None) -> Secr
     token_file = config.api_server.token_file
     if token_file is not None:
         try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise TokenError(
-                f"api_server.token_file: cannot read {shown_path(token_file)}: {reason}"
-            ) from None
+            token = read_secret_file(token_file)
+        except ValueError as exc:
+            raise TokenError(f"api_server.token_file: {exc}") from None
         return SecretStr(_checked(token, f"api_server.token_file: {token_file}"))
     token = env.get(TOKEN_ENV, "").strip()
     if not token and config.api_server.status_page_auth == "token":
