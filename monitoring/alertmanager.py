@@ -7,8 +7,11 @@ model, and inhibition so that one cause gives one notification:
 - an exporter that cannot be scraped or has stopped polling mutes its own other
   alerts (equal topology labels and instance);
 - a rejected key or an exhausted quota mutes the upstream and task alerts it
-  causes (equal topology labels: the exporters sharing the account's key);
-- an unreachable API mutes the API error ratio and the task alerts that follow;
+  causes (equal topology labels: the exporters sharing the account's key; and
+  equal `account`, so that with several accounts one account's key mutes only
+  that account's alerts: task alerts, which carry no account, stay);
+- an unreachable API mutes the API error ratio and the task alerts that follow
+  (the same `account` rule);
 - a fast availability burn mutes the low-volume and ticket-level burns of the
   same model.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitoring.config import BundleConfig
+from monitoring.rules import ACCOUNT
 from monitoring.yaml_text import to_yaml
 
 PATH = "alertmanager/alertmanager.yml"
@@ -104,12 +108,12 @@ def config(bundle: BundleConfig) -> dict[str, Any]:
             {
                 "source_matchers": [_any(ACCOUNT_ALERTS)],
                 "target_matchers": [_any(ACCOUNT_CAUSED)],
-                "equal": list(topology),
+                "equal": [*topology, ACCOUNT],
             },
             {
                 "source_matchers": ['alertname = "LemonDataAPIDown"'],
                 "target_matchers": [_any(API_DOWN_CAUSED)],
-                "equal": list(topology),
+                "equal": [*topology, ACCOUNT],
             },
             {
                 "source_matchers": [

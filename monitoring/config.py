@@ -15,15 +15,34 @@ know those find their way.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Knobs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+MATCHER = re.compile(r'\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, str]]:
+    """(label, operator, value) of PromQL matchers written without braces."""
+    matchers = []
+    position = 0
+    text = selector.strip()
+    while position < len(text):
+        match = MATCHER.match(text, position)
+        if not match:
+            raise ValueError(f"cannot parse selector {selector!r} at {text[position:]!r}")
+        label, op, value = match.groups()
+        matchers.append((label, op, value.encode().decode("unicode_escape")))
+        position = match.end()
+    return matchers
 
 
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
@@ -77,6 +96,12 @@ class BundleConfig(_Knobs):
     thresholds: dict[str, float] = Field(default_factory=dict)
     for_durations: dict[str, Duration] = Field(default_factory=dict)
     slo: SLO = SLO()
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_parses(cls, selector: str) -> str:
+        parse_selector(selector)  # a ValueError names the part that does not parse
+        return selector
 
 
 class BundleConfigError(ValueError):

@@ -27,7 +27,7 @@ from typing import Any
 
 from exporter.config import DEFAULT_DURATION_BUCKETS
 from exporter.metrics.recorder import API_LATENCY_BUCKETS
-from monitoring.config import BundleConfig
+from monitoring.config import BundleConfig, parse_selector
 from monitoring.rules import (
     ALERTS_FILE,
     BURN_WINDOWS,
@@ -75,26 +75,9 @@ class SloPlan:
 SHORT_PLAN = SloPlan(step=1, every=1, clip_long_windows=True)
 LONG_PLAN = SloPlan(step=5, every=5, clip_long_windows=True)
 
-MATCHER = re.compile(r'\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
-
 
 class TestInputError(ValueError):
     """A selector for which no example label value could be made."""
-
-
-def parse_selector(selector: str) -> list[tuple[str, str, str]]:
-    """(label, operator, value) of PromQL matchers written without braces."""
-    matchers = []
-    position = 0
-    text = selector.strip()
-    while position < len(text):
-        match = MATCHER.match(text, position)
-        if not match:
-            raise TestInputError(f"cannot parse selector {selector!r} at {text[position:]!r}")
-        label, op, value = match.groups()
-        matchers.append((label, op, value.encode().decode("unicode_escape")))
-        position = match.end()
-    return matchers
 
 
 def _matches(op: str, pattern: str, value: str) -> bool:
@@ -192,6 +175,19 @@ class Case:
 
 
 TEMPLATE = re.compile(r"\{\{ \$labels\.(\w+) \}\}")
+# `{{ with $labels.x }} ... {{ . }} ... {{ end }}`: the inner text, with the
+# value, only when the label is there.
+WITH = re.compile(r"\{\{ with \$labels\.(\w+) \}\}(.*?)\{\{ end \}\}")
+
+
+def rendered(text: str, labels: Mapping[str, str]) -> str:
+    """An annotation as Prometheus renders it for an alert with `labels`."""
+
+    def with_block(match: re.Match[str]) -> str:
+        value = labels.get(match.group(1), "")
+        return match.group(2).replace("{{ . }}", value) if value else ""
+
+    return TEMPLATE.sub(lambda m: labels.get(m.group(1), ""), WITH.sub(with_block, text))
 
 
 class Generator:
@@ -214,10 +210,7 @@ class Generator:
         assert len(rules) == 1, (name, match, len(rules))
         rule = rules[0]
         exp_labels = {**labels, **rule["labels"]}
-        annotations = {
-            key: TEMPLATE.sub(lambda m: exp_labels.get(m.group(1), ""), text)
-            for key, text in rule["annotations"].items()
-        }
+        annotations = {key: rendered(text, exp_labels) for key, text in rule["annotations"].items()}
         return {"exp_labels": exp_labels, "exp_annotations": annotations}
 
     def t(self, name: str) -> float:

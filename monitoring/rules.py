@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from monitoring.config import BundleConfig
+from monitoring.config import BundleConfig, parse_selector
 from monitoring.yaml_text import to_yaml
 
 RECORDING_FILE = "prometheus/rules/lemondata-exporter.recording.yml"
@@ -175,6 +175,12 @@ WAITING = 'status=~"unknown|pending"'
 KEY_REJECTED = 'state="key_rejected"'
 QUOTA_EXHAUSTED = 'state="quota_exhausted"'
 
+# The exporter's label of an account (with `accounts:` configured; absent
+# otherwise). Alerts about an account keep it, so they name the account and one
+# account's trouble neither hides behind nor mutes another's.
+ACCOUNT = "account"
+OF_ACCOUNT = "{{ with $labels.account }} (account {{ . }}){{ end }}"
+
 UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -208,10 +214,8 @@ def number(value: float) -> str:
 
 
 def selector_labels(selector: str) -> tuple[str, ...]:
-    """The label names a selector's matchers test, in order (quoted values ignored)."""
-    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', selector)
-    names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", unquoted)
-    return tuple(dict.fromkeys(names))
+    """The label names a selector's matchers test, in order."""
+    return tuple(dict.fromkeys(label for label, _, _ in parse_selector(selector)))
 
 
 def le_matcher(value: float) -> str:
@@ -319,6 +323,7 @@ class Rules:
     def recording_groups(self) -> list[dict[str, Any]]:
         r = self
         w5 = r.window("5m")
+        by_account = r.by(ACCOUNT, instance=True)
         per_instance = [
             (
                 "instance_model_status:lemondata_tasks_finished:rate5m",
@@ -343,12 +348,12 @@ class Rules:
             ),
             (
                 "instance_code:lemondata_api_requests:rate5m",
-                f"sum {r.by('code', instance=True)} "
+                f"sum {r.by('code', ACCOUNT, instance=True)} "
                 f"(rate({r.sel('lemondata_api_requests_total')}[{w5}]))",
             ),
             (
                 "instance_kind:lemondata_api_errors:rate5m",
-                f"sum {r.by('kind', instance=True)} "
+                f"sum {r.by('kind', ACCOUNT, instance=True)} "
                 f"(rate({r.sel('lemondata_api_errors_total')}[{w5}]))",
             ),
             (
@@ -358,8 +363,8 @@ class Rules:
             ),
             (
                 "instance:lemondata_api_rate_limit_remaining:ratio",
-                f"max {r.by(instance=True)} ({r.sel('lemondata_api_rate_limit_remaining')})\n"
-                f"/ max {r.by(instance=True)} ({r.sel('lemondata_api_rate_limit_limit')} > 0)",
+                f"max {by_account} ({r.sel('lemondata_api_rate_limit_remaining')})\n"
+                f"/ max {by_account} ({r.sel('lemondata_api_rate_limit_limit')} > 0)",
             ),
         ]
         store = [
@@ -540,12 +545,13 @@ class Rules:
 
     def upstream_alerts(self) -> list[dict[str, Any]]:
         r = self
-        by_i = r.by(instance=True)
-        on_i = r.on(instance=True)
+        by_i = r.by(ACCOUNT, instance=True)
+        on_i = r.on(ACCOUNT, instance=True)
+        by_a = r.by(ACCOUNT)
         last = r.sel("lemondata_api_last_answer_timestamp_seconds")
-        where = r.where(instance=True)
+        where = r.where(instance=True) + OF_ACCOUNT
         account = "lemondata_api_account_state"
-        requests = f"sum {r.by()} ({r.sel('instance_code:lemondata_api_requests:rate5m')})"
+        requests = f"sum {by_a} ({r.sel('instance_code:lemondata_api_requests:rate5m')})"
         latency_window = r.window("10m")
         return [
             r.alert(
@@ -580,25 +586,25 @@ class Rules:
             ),
             r.alert(
                 "LemonDataAPIErrorRatioHigh",
-                f"sum {r.by()} "
+                f"sum {by_a} "
                 f"({r.sel('instance_kind:lemondata_api_errors:rate5m', NOT_ANSWER_ERRORS)})\n"
                 f"/ {requests}\n> {r.threshold('api_error_ratio')}",
                 "warning",
                 "Many LemonData API status requests fail",
                 f"More than {r.threshold('api_error_ratio')} of the status requests sent by "
-                f"{r.where()} failed or got an unusable answer (404 for expired tasks and 429 "
-                f"left out) for {r.for_('LemonDataAPIErrorRatioHigh')}.",
+                f"{r.where()}{OF_ACCOUNT} failed or got an unusable answer (404 for expired "
+                f"tasks and 429 left out) for {r.for_('LemonDataAPIErrorRatioHigh')}.",
             ),
             r.alert(
                 "LemonDataAPIRateLimited",
-                f"sum {r.by()} (rate({r.sel('lemondata_api_errors_total', RATE_LIMITED)}"
+                f"sum {by_a} (rate({r.sel('lemondata_api_errors_total', RATE_LIMITED)}"
                 f"[{r.window('15m')}]))\n"
-                f"/ sum {r.by()} (rate({r.sel('lemondata_api_requests_total')}"
+                f"/ sum {by_a} (rate({r.sel('lemondata_api_requests_total')}"
                 f"[{r.window('15m')}]))\n> {r.threshold('rate_limited_ratio')}",
                 "warning",
                 "The LemonData API keeps rate-limiting {{ $labels.job }}",
                 f"More than {r.threshold('rate_limited_ratio')} of the status requests of "
-                f"{r.where()} have been answered 429 over 15 minutes, for "
+                f"{r.where()}{OF_ACCOUNT} have been answered 429 over 15 minutes, for "
                 f"{r.for_('LemonDataAPIRateLimited')}, although the exporter slows down on "
                 "429s and low X-RateLimit-Remaining. Something else spends the account's "
                 "per-minute budget.",

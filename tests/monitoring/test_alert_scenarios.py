@@ -119,7 +119,8 @@ class TaskScenarios:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():  # not started if the stack failed to come up
+            self._thread.join(5)
 
 
 @dataclass

@@ -99,6 +99,16 @@ CASES = [
         ],
     ),
     (
+        # Several accounts: one account's rejected key mutes that account's
+        # alerts only; task alerts, which no account owns, stay.
+        alert("LemonDataAPIKeyRejected", "critical", A, account="team-c"),
+        [alert("LemonDataAPIDown", "critical", B, account="team-c")],
+        [
+            alert("LemonDataAPIDown", "critical", A, account="team-a"),
+            alert("LemonDataTasksStuckWaiting", "warning", TOPOLOGY),
+        ],
+    ),
+    (
         alert("LemonDataAPIDown", "critical", A),
         [alert("LemonDataTaskStuckProcessing", "warning", TOPOLOGY, model="m")],
         [alert("LemonDataExporterRestarting", "warning", B)],

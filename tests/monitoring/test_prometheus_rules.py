@@ -382,3 +382,62 @@ def test_the_example_bundle_config_renders(tmp_path: Path) -> None:
     text = (out / rules.ALERTS_FILE).read_text("utf-8")
     assert 'lemondata_api_up{job="lemondata-exporter", namespace="ml"}' in text
     assert "> 600" in text
+
+
+@pytest.mark.integration
+def test_with_several_accounts_alerts_name_the_account(tmp_path: Path) -> None:
+    """One account's rejected key fires for that account alone, named in the alert,
+    while another account's answers keep the exporter's API alerts quiet for it."""
+    config = BundleConfig()
+    generator = rule_tests.Generator(config)
+    base = {**rule_tests.example_labels(config), "instance": rule_tests.INSTANCE}
+
+    def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+        inner = ", ".join(f'{k}="{v}"' for k, v in {**base, **labels}.items())
+        return {"series": f"{metric}{{{inner}}}", "values": values}
+
+    state = "lemondata_api_account_state"
+    test = {
+        "rule_files": [str(REPO / path) for path in rules.RULE_FILES],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series(state, "1x20", account="team-c", state="key_rejected"),
+                    series(state, "0x20", account="team-a", state="key_rejected"),
+                    series("lemondata_api_up", "0x20", account="team-c"),
+                    series("lemondata_api_up", "1x20", account="team-a"),
+                    series("lemondata_api_last_answer_timestamp_seconds", "0x20", account="team-c"),
+                    series(
+                        "lemondata_api_last_answer_timestamp_seconds", "0+60x20", account="team-a"
+                    ),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "LemonDataAPIKeyRejected",
+                        "exp_alerts": [
+                            generator.expect(
+                                "LemonDataAPIKeyRejected", {**base, "account": "team-c"}
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "LemonDataAPIDown",
+                        "exp_alerts": [
+                            generator.expect("LemonDataAPIDown", {**base, "account": "team-c"})
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "accounts.test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
+    promtool_test_files([path], tmp_path)
+    description = generator.expect("LemonDataAPIKeyRejected", {**base, "account": "team-c"})[
+        "exp_annotations"
+    ]["description"]
+    assert "(account team-c)" in description
