@@ -35,9 +35,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from bench.common import machine, start_simulator, table
-from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import PollingConfig
+from exporter.loops import build_poller
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask
 from exporter.poller.adaptive import build_schedule

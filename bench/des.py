@@ -29,9 +29,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.workload import WorkloadTask
-from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS, PollingConfig
+from exporter.loops import build_poller
 from exporter.metrics.recorder import Recorder
 from exporter.model import (
     DiscoveredTask,

@@ -7,9 +7,9 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS
+from exporter.loops import build_poller
 from exporter.metrics.recorder import Recorder
 from exporter.model import DiscoveredTask, OutcomeKind, PollOutcome, Status, StatusReport
 from exporter.poller.cycle import CycleSettings, PollCycle

@@ -6,8 +6,8 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
+from exporter.loops import build_poller
 from exporter.metrics.recorder import Recorder
 from exporter.model import (
     DiscoveredTask,

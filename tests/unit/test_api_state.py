@@ -13,9 +13,9 @@ from concurrent import futures
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.agent import build_poller
 from exporter.classify import ReasonClassifier
 from exporter.config import DEFAULT_FAILURE_REASONS
+from exporter.loops import build_poller
 from exporter.metrics.recorder import LastSeenValues, Recorder
 from exporter.model import DiscoveredTask, OutcomeKind, PollOutcome, RateLimitInfo, StatusReport
 from exporter.poller.account import AccountState, account_state_after

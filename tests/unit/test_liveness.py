@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
-from exporter.agent import AgentHealth, liveness
+from exporter.loops import LoopHealth, liveness
 
 
-def stalled_health() -> AgentHealth:
-    health = AgentHealth(stall_after=60)
+def stalled_health() -> LoopHealth:
+    health = LoopHealth(stall_after=60)
     health.last_cycle_end = time.monotonic() - 600
     return health
 
 
 def test_a_working_exporter_is_alive() -> None:
-    health = AgentHealth(stall_after=60)
+    health = LoopHealth(stall_after=60)
     health.cycle_finished()
     assert liveness(False, None, health) == (True, "Alive")
 
@@ -30,7 +30,7 @@ def test_a_store_outage_pauses_polling_but_a_restart_would_not_help() -> None:
 
 
 def test_a_deleted_store_file_needs_a_restart() -> None:
-    health = AgentHealth(stall_after=60)
+    health = LoopHealth(stall_after=60)
     health.cycle_finished()
     alive, why = liveness(True, "the store file was deleted", health)
     assert not alive and "deleted" in why
