@@ -696,17 +696,16 @@ def poll_batches(store: Any, now: float, rounds: int, batch: int) -> list[list[o
         started = time.perf_counter()
         for n, task in enumerate(tasks):
             finish = Finish(Status.COMPLETED, 42.0) if n % 2 else None
-            update = TaskUpdate(
+            after = replace(
+                task,
                 status=Status.COMPLETED if finish else Status.PROCESSING,
                 next_poll_at=at + 3600.0,
                 consecutive_errors=0,
-                created=task.created,
-                model=task.model,
-                first_seen=task.first_seen,
-                processing_seen=task.processing_seen,
                 last_polled=at,
-                finish=finish,
+                finished_at=at if finish else None,
+                duration_seconds=finish.duration if finish else None,
             )
+            update = TaskUpdate(after, finish)
             labels = FinishLabels(task.model or "", Status.COMPLETED.value) if finish else None
             store.apply(task.task_id, update, at, None, labels)
         apply_times.append(time.perf_counter() - started)
@@ -825,7 +824,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         sim.stop()
         server.stop()
     window = found["window"]
-    rows = [
+    rows: list[list[Any]] = [
         [
             "bytes per finished task, old layout (same tasks, written through the scripts)",
             old_bytes,
