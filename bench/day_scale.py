@@ -649,6 +649,18 @@ def old_redis_module() -> ModuleType:
     return module
 
 
+class EitherLayoutUpdate:
+    """A `TaskUpdate` both stores read: the current one its `task` and `finish`, the
+    old one the task's fields on the update itself (as updates were then)."""
+
+    def __init__(self, update: TaskUpdate) -> None:
+        self.task = update.task
+        self.finish = update.finish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+
 def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]]) -> None:
     """add + apply for each change, as polling would (for the old layout)."""
     for task, events in tasks:
@@ -675,7 +687,7 @@ def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]])
                 progress=None,
                 progress_at=None,
             )
-            update = TaskUpdate(polled, finish)
+            update = EitherLayoutUpdate(TaskUpdate(polled, finish))
             store.apply(task.task_id, update, event.at, task.reason)
 
 
