@@ -649,6 +649,18 @@ def old_redis_module() -> ModuleType:
     return module
 
 
+class EitherLayoutUpdate:
+    """A `TaskUpdate` both stores read: the current one its `task` and `finish`, the
+    old one the task's fields on the update itself (as updates were then)."""
+
+    def __init__(self, update: TaskUpdate) -> None:
+        self.task = update.task
+        self.finish = update.finish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+
 def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]]) -> None:
     """add + apply for each change, as polling would (for the old layout)."""
     for task, events in tasks:
@@ -675,7 +687,7 @@ def write_through_scripts(store: Any, tasks: list[tuple[Task, list[TaskEvent]]])
                 progress=None,
                 progress_at=None,
             )
-            update = TaskUpdate(polled, finish)
+            update = EitherLayoutUpdate(TaskUpdate(polled, finish))
             store.apply(task.task_id, update, event.at, task.reason)
 
 
@@ -696,17 +708,16 @@ def poll_batches(store: Any, now: float, rounds: int, batch: int) -> list[list[o
         started = time.perf_counter()
         for n, task in enumerate(tasks):
             finish = Finish(Status.COMPLETED, 42.0) if n % 2 else None
-            update = TaskUpdate(
+            after = replace(
+                task,
                 status=Status.COMPLETED if finish else Status.PROCESSING,
                 next_poll_at=at + 3600.0,
                 consecutive_errors=0,
-                created=task.created,
-                model=task.model,
-                first_seen=task.first_seen,
-                processing_seen=task.processing_seen,
                 last_polled=at,
-                finish=finish,
+                finished_at=at if finish else None,
+                duration_seconds=finish.duration if finish else None,
             )
+            update = TaskUpdate(after, finish)
             labels = FinishLabels(task.model or "", Status.COMPLETED.value) if finish else None
             store.apply(task.task_id, update, at, None, labels)
         apply_times.append(time.perf_counter() - started)
@@ -825,7 +836,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         sim.stop()
         server.stop()
     window = found["window"]
-    rows = [
+    rows: list[list[Any]] = [
         [
             "bytes per finished task, old layout (same tasks, written through the scripts)",
             old_bytes,

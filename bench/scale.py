@@ -33,6 +33,7 @@ from bench.common import Exporter, machine, quantile, slow_simulator, table
 from exporter.model import DiscoveredTask
 from exporter.poller.cycle import CANDIDATES_PER_SLOT
 from exporter.simulator import Simulator
+from exporter.simulator.models import Kind
 from exporter.store.sqlite import SqliteTaskStore
 
 KEY = "sk-bench-scale"
@@ -45,7 +46,7 @@ def fill(sim: Simulator, path: Path, count: int) -> None:
     batch = []
     for _ in range(count):
         model = random.choice(MODELS)
-        kind = "video" if model == "veo-3" else "image"
+        kind: Kind = "video" if model == "veo-3" else "image"
         answer = sim.create_task(model=model, kind=kind)
         batch.append(DiscoveredTask(str(answer["task_id"]), "file", model, answer["poll_url"]))
         if len(batch) == 5000:
