@@ -9,6 +9,9 @@ Shell::
 
     lemondata-exporter track img_123 img_456 --model flux-pro --token-file /run/secrets/token
 
+With several `accounts:` configured, `--account NAME` (`account=` in Python) says
+whose key polls the tasks; without it, the first account's.
+
 The token comes from the argument, else `--token-file`, else
 $LEMONDATA_EXPORTER_TOKEN; the exporter's URL from the argument, else
 $LEMONDATA_EXPORTER_URL, else http://localhost:9847. Registration is
@@ -22,9 +25,12 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
+
+from exporter.config import read_secret_file
 
 TOKEN_ENV = "LEMONDATA_EXPORTER_TOKEN"
 URL_ENV = "LEMONDATA_EXPORTER_URL"
@@ -54,6 +60,7 @@ def track_tasks(
     model: str | None = None,
     poll_url: str | None = None,
     *,
+    account: str | None = None,
     url: str | None = None,
     token: str | None = None,
     timeout: float = 10.0,
@@ -74,7 +81,8 @@ def track_tasks(
     http = session or requests.Session()
     try:
         for start in range(0, len(ids), CHUNK):
-            batch = [_entry(task_id, model, poll_url) for task_id in ids[start : start + CHUNK]]
+            chunk = ids[start : start + CHUNK]
+            batch = [_entry(task_id, model, poll_url, account) for task_id in chunk]
             answer = _post(http, endpoint, token, {"tasks": batch}, timeout)
             result.added.extend(answer.get("added", []))
             result.known.extend(answer.get("known", []))
@@ -89,19 +97,26 @@ def track_task(
     model: str | None = None,
     poll_url: str | None = None,
     *,
+    account: str | None = None,
     url: str | None = None,
     token: str | None = None,
     timeout: float = 10.0,
 ) -> bool:
     """Register one task; True if it is new, False if the exporter knew it already."""
-    result = track_tasks([task_id], model, poll_url, url=url, token=token, timeout=timeout)
+    result = track_tasks(
+        [task_id], model, poll_url, account=account, url=url, token=token, timeout=timeout
+    )
     return bool(result.added)
 
 
-def _entry(task_id: str, model: str | None, poll_url: str | None) -> dict[str, str]:
+def _entry(
+    task_id: str, model: str | None, poll_url: str | None, account: str | None
+) -> dict[str, str]:
     entry = {"task_id": task_id}
     if model:
         entry["model"] = model
+    if account:
+        entry["account"] = account
     if poll_url:
         entry["poll_url"] = poll_url.replace("{task_id}", task_id)
     return entry
@@ -144,6 +159,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_ids", nargs="+", metavar="ID", help="task IDs to watch")
     parser.add_argument("--model", default=None, help="the tasks' model")
     parser.add_argument(
+        "--account",
+        default=None,
+        help="with several accounts configured, the account whose key polls the tasks",
+    )
+    parser.add_argument(
         "--poll-url",
         default=None,
         help="path to poll on the API base, e.g. /v1/tasks/{task_id} ({task_id} is replaced)",
@@ -163,14 +183,9 @@ def run(args: argparse.Namespace) -> int:
     token = None
     if args.token_file:
         try:
-            with open(args.token_file, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            print(f"--token-file: cannot read {args.token_file}: {reason}", file=sys.stderr)
-            return 2
-        if not token:
-            print(f"--token-file: {args.token_file} is empty", file=sys.stderr)
+            token = read_secret_file(Path(args.token_file))
+        except ValueError as exc:
+            print(f"--token-file: {exc}", file=sys.stderr)
             return 2
     elif not os.environ.get(TOKEN_ENV, "").strip():
         print(f"no token: pass --token-file or set ${TOKEN_ENV}", file=sys.stderr)
@@ -180,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             args.task_ids,
             args.model,
             args.poll_url,
+            account=args.account,
             url=args.url,
             token=token,
             timeout=args.timeout,

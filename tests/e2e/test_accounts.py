@@ -21,6 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Simulator, SimulatorSettings
+from exporter.track import track_task
 from tests.harness import ExporterProcess, by_label, free_port, parse_metrics, total, wait_for
 from tests.harness.fixtures import TIME_SCALE, exporter_config
 
@@ -115,7 +116,10 @@ def test_one_account_in_trouble_never_slows_another(
         team_b = create(sim, "team-b", 10)
         append(tmp_path / "team-b.jsonl", team_b)
         team_c = create(sim, "team-c", 10)
-        assert register(exporter, {"tasks": [{**t, "account": "team-c"} for t in team_c]}).ok
+        assert register(exporter, {"tasks": [{**t, "account": "team-c"} for t in team_c[1:]]}).ok
+        # The `track` client names the account too.
+        tracked_c = str(team_c[0]["task_id"])
+        assert track_task(tracked_c, account="team-c", url=exporter.url, token=TOKEN)
         # An account nobody configured is refused, and says which field.
         refused = register(exporter, {"task_id": "img_x", "account": "team-z"})
         assert refused.status_code == 400
@@ -157,6 +161,11 @@ def test_one_account_in_trouble_never_slows_another(
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=5,
         )
+        by_track = requests.get(
+            f"{exporter.url}/api/v1/tasks/{tracked_c}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
         stranger = requests.get(
             f"{exporter.url}/api/v1/tasks/{by_stranger.json()['task_id']}",
             headers={"Authorization": f"Bearer {TOKEN}"},
@@ -181,6 +190,7 @@ def test_one_account_in_trouble_never_slows_another(
     samples = parse_metrics(text)
     assert proxied.status_code == 200 and proxied.json()["account"] == "team-b"
     assert stranger.status_code == 404
+    assert by_track.status_code == 200 and by_track.json()["account"] == "team-c"
     assert total(samples, "lemondata_proxy_unmatched_key_creates_total") == 1
     assert total(samples, "lemondata_tasks_rejected_total", source="api", reason="account") == 1
     # team-a: every task seen finishing, at its own pace: no 429 or 401 of its own, and
