@@ -30,9 +30,9 @@ from typing import Any
 
 import requests
 
+from exporter.api.auth import TOKEN_ENV
 from exporter.config import read_secret_file
 
-TOKEN_ENV = "LEMONDATA_EXPORTER_TOKEN"
 URL_ENV = "LEMONDATA_EXPORTER_URL"
 DEFAULT_URL = "http://localhost:9847"
 TASKS_PATH = "/api/v1/tasks"
