@@ -241,18 +241,14 @@ def exporter_on(
     retention: float,
     duty_cycle: float = PRUNE_DUTY_CYCLE,
 ) -> Exporter:
+    store = {"path": str(path), "retention_seconds": retention, "prune_duty_cycle": duty_cycle}
+    return bench_exporter(workdir, sim_url, store)
+
+
+def bench_exporter(workdir: Path, sim_url: str, store: dict[str, Any]) -> Exporter:
+    """An exporter on the simulator with this `store` section, its task API on."""
     exporter = Exporter(
-        workdir,
-        {
-            "api": {"base_url": sim_url},
-            "store": {
-                "path": str(path),
-                "retention_seconds": retention,
-                "prune_duty_cycle": duty_cycle,
-            },
-            "log_level": "info",
-        },
-        KEY,
+        workdir, {"api": {"base_url": sim_url}, "store": store, "log_level": "info"}, KEY
     )
     exporter.env[TOKEN_ENV] = TOKEN
     return exporter
@@ -892,21 +888,8 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
 
 
 def redis_exporter(workdir: Path, redis_url: str, sim_url: str, retention: float) -> Exporter:
-    exporter = Exporter(
-        workdir,
-        {
-            "api": {"base_url": sim_url},
-            "store": {
-                "backend": "redis",
-                "redis_url": redis_url,
-                "retention_seconds": retention,
-            },
-            "log_level": "info",
-        },
-        KEY,
-    )
-    exporter.env[TOKEN_ENV] = TOKEN
-    return exporter
+    store = {"backend": "redis", "redis_url": redis_url, "retention_seconds": retention}
+    return bench_exporter(workdir, sim_url, store)
 
 
 def main() -> int:
