@@ -322,9 +322,10 @@ class Agent:
         disk) heals by itself and polling resumes with it: a restart would only
         lose /metrics and the reason meanwhile (and, with Redis, fail to start).
         /-/healthy still says 503 for those."""
-        guard = self.store_guard
+        # The store is asked once: its state is the same for every loop.
+        needs_restart, problem = self.store_guard.needs_restart(), self.store_guard.problem()
         for loop in self.loops:  # every account's loop must keep running
-            alive, why = liveness(guard.needs_restart(), guard.problem(), loop.health)
+            alive, why = liveness(needs_restart, problem, loop.health)
             if not alive:
                 return alive, f"{why} (account {loop.name})" if self.config.accounts else why
         return True, "Alive"

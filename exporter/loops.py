@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.metrics.recorder import PollRecording, Recorder
-from exporter.model import Task, TaskUpdate
+from exporter.model import Task
 from exporter.poller.account import AccountWatcher
 from exporter.poller.adaptive import AdaptiveSchedule
 from exporter.poller.cycle import CycleSettings, DueTasks, PollCycle, StatusFetcher
@@ -25,7 +25,7 @@ from exporter.poller.learning import DurationLearning
 from exporter.poller.ratecontrol import RateController
 from exporter.poller.ratelimit import AccountShare, Budget
 from exporter.poller.transitions import PollPolicy
-from exporter.store.base import FinishLabels, ModelStatsStore, PollStore
+from exporter.store.base import ModelStatsStore, PollStore
 from exporter.upstream.client import UpstreamClient
 
 
@@ -71,24 +71,16 @@ class LoopStore(DueTasks, TaskWriter, Protocol):
 
 
 class AccountDue:
-    """The store's due tasks of one account, as the poll cycle asks for them."""
+    """The store's due tasks of one account, as the poll cycle asks for them;
+    answers are applied to the store as they are."""
 
     def __init__(self, store: PollStore, account: str) -> None:
         self._store = store
         self._account = account
+        self.apply = store.apply
 
     def due(self, now: float, limit: int) -> list[Task]:
         return self._store.due(now, limit, self._account)
-
-    def apply(
-        self,
-        task_id: str,
-        update: TaskUpdate,
-        now: float,
-        reason: str | None,
-        labels: FinishLabels | None = None,
-    ) -> bool:
-        return self._store.apply(task_id, update, now, reason, labels)
 
 
 def liveness(
