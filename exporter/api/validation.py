@@ -17,11 +17,11 @@ from urllib.parse import parse_qsl
 
 from exporter.config import check_poll_path
 from exporter.model import (
-    ACCOUNT_PATTERN,
     DEFAULT_ACCOUNT,
     TASK_ID_PATTERN,
     DiscoveredTask,
     Status,
+    valid_account,
     valid_task_id,
 )
 
@@ -117,7 +117,7 @@ def _check_account(data: dict[str, Any], field: str, accounts: Sequence[str]) ->
         return accounts[0]
     account = data["account"]
     # The value is never echoed: a caller may have put a key there by mistake.
-    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account):
+    if not isinstance(account, str) or not valid_account(account):
         raise bad_request(
             "invalid_account", f"{field}: must be an account name (a-z 0-9 _ -, at most 32)"
         )
