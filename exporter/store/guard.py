@@ -249,8 +249,6 @@ class StoreGuard:
         return self._run("add", lambda: self.inner.add(offered, now, source_state))
 
     def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
-        if account is None:
-            return self._run("read", lambda: self.inner.due(now, limit))
         return self._run("read", lambda: self.inner.due(now, limit, account))
 
     def apply(

@@ -536,19 +536,13 @@ class SqliteTaskStore:
     def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
         """Unfinished tasks whose next poll is due, most overdue first (of one account
         if given: an index walk of that account's due tasks)."""
+        of_account, params = ("account = ? AND ", (account,)) if account is not None else ("", ())
         with self._reading() as db:
-            if account is None:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE finished_at IS NULL"
-                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-            else:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE account = ? AND finished_at IS NULL"
-                    " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
-                    (account, now, limit),
-                ).fetchall()
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE {of_account}finished_at IS NULL"
+                " AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+                (*params, now, limit),
+            ).fetchall()
         return [_task(row) for row in rows]
 
     def apply(
