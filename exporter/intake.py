@@ -14,14 +14,13 @@ tasks: the store takes the new ones and the metrics count them.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from exporter.logsetup import EveryInterval
 from exporter.model import ACTIVE_STATUSES, DiscoveredTask
 from exporter.store.base import IntakeStore
 
@@ -104,8 +103,7 @@ class TaskIntake:
             ["source", "reason"],
             registry=registry,
         )
-        self._last_log: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._log_due = EveryInterval(LOG_INTERVAL_SECONDS)
 
     def add_sources(self, names: Iterable[str]) -> None:
         """Series at zero for these sources, so that the first rejection is an increase."""
@@ -159,12 +157,8 @@ class TaskIntake:
         self._rejected.labels(source, reason).inc(count)
         if reason not in ("limit", ACCOUNT_REASON):
             return
-        now = time.monotonic()
-        with self._lock:
-            last = self._last_log.get(f"{source}:{reason}", -LOG_INTERVAL_SECONDS)
-            if now - last < LOG_INTERVAL_SECONDS:
-                return
-            self._last_log[f"{source}:{reason}"] = now
+        if not self._log_due.due((source, reason)):
+            return
         if reason == ACCOUNT_REASON:
             log.warning(
                 "%s: %d task(s) not tracked: they name no configured account (accounts); "

@@ -11,6 +11,9 @@ import argparse
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
 from datetime import datetime
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -111,3 +114,23 @@ def add_log_flags(
         choices=LOG_FORMATS,
         help="text for people, logfmt or json for log collectors (default %(default)s)",
     )
+
+
+class EveryInterval:
+    """Says when a recurring log line is due: at most once per `seconds` per key
+    (the first time at once), so that a flood of the same trouble is one line."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: Hashable = None) -> bool:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._seconds:
+                return False
+            self._last[key] = now
+            return True

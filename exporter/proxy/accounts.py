@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import threading
-import time
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
+
+from exporter.logsetup import EveryInterval
 
 log = logging.getLogger(__name__)
 LOG_INTERVAL_SECONDS = 60.0
@@ -39,8 +39,7 @@ class KeyAccounts:
             "accounts' keys: forwarded, their task not tracked.",
             registry=registry,
         )
-        self._lock = threading.Lock()
-        self._last_log = -LOG_INTERVAL_SECONDS
+        self._log_due = EveryInterval(LOG_INTERVAL_SECONDS)
 
     def account_of(self, authorization: str | None) -> str | None:
         """The account whose key `authorization` carries; None (counted, logged once a
@@ -54,17 +53,10 @@ class KeyAccounts:
                     found = name
         if found is None:
             self._unmatched.inc()
-            self._log_unmatched()
+            if self._log_due.due():
+                log.warning(
+                    "proxy: a create call's API key is none of the configured accounts' "
+                    "keys; the call was forwarded, its task is not tracked "
+                    "(lemondata_proxy_unmatched_key_creates_total counts every one)"
+                )
         return found
-
-    def _log_unmatched(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_log < LOG_INTERVAL_SECONDS:
-                return
-            self._last_log = now
-        log.warning(
-            "proxy: a create call's API key is none of the configured accounts' keys; the "
-            "call was forwarded, its task is not tracked "
-            "(lemondata_proxy_unmatched_key_creates_total counts every one)"
-        )
