@@ -62,13 +62,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
+from http.client import HTTPException
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import requests
 
-from bench.common import Exporter, machine, quantile, slow_simulator, table, wait_until
+from bench.common import (
+    Exporter,
+    KeptAliveClient,
+    machine,
+    quantile,
+    slow_simulator,
+    table,
+    wait_until,
+)
 from exporter.api.auth import TOKEN_ENV
 from exporter.model import DiscoveredTask, Finish, Status, Task, TaskUpdate
 from exporter.simulator import Simulator
@@ -263,10 +272,10 @@ def timed_get(session: requests.Session, url: str, **kwargs: Any) -> float:
 
 
 def scrapes(url: str, count: int, pause: float = 0.02) -> list[float]:
-    session = requests.Session()
+    client = KeptAliveClient(url)
     result = []
     for _ in range(count):
-        result.append(timed_get(session, f"{url}/metrics"))
+        result.append(client.timed("/metrics"))
         time.sleep(pause)
     return result
 
@@ -341,15 +350,15 @@ def through_prune(exporter: Exporter) -> dict[str, Any]:
     stop = threading.Event()
 
     def scrape_through_prune() -> None:
-        session = requests.Session()
+        client = KeptAliveClient(exporter.url)
         while not stop.is_set():
             at = time.monotonic()
             try:
-                answer = session.get(f"{exporter.url}/metrics", timeout=120)
-            except requests.ConnectionError:
+                status, _ = client.get("/metrics")
+            except (OSError, HTTPException):  # not listening yet
                 time.sleep(0.01)
                 continue
-            if answer.status_code == 200:
+            if status == 200:
                 during.append((at, time.monotonic() - at))
             time.sleep(0.02)
 

@@ -324,6 +324,8 @@ class Agent:
         /-/healthy still says 503 for those."""
         # The store is asked once: its state is the same for every loop.
         needs_restart, problem = self.store_guard.needs_restart(), self.store_guard.problem()
+        if needs_restart:  # the store's, not one account's
+            return liveness(needs_restart, problem, self.loops[0].health)
         for loop in self.loops:  # every account's loop must keep running
             alive, why = liveness(needs_restart, problem, loop.health)
             if not alive:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import socket
 import ssl
@@ -42,6 +41,8 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 from cheroot.connections import ConnectionManager
 from cheroot.makefile import MakeFile, StreamReader
+
+from exporter.logsetup import EveryInterval
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +591,7 @@ class _Server(cheroot_wsgi.Server):
         self.server_name = "lemondata-exporter"
         self.open_connections = 0
         self._count_lock = threading.Lock()
-        self._last_note = -math.inf  # monotonic time may be small just after boot
+        self._trouble_notes = EveryInterval(_LOG_EVERY_SECONDS)
 
     def prepare(self) -> None:
         super().prepare()
@@ -615,9 +616,7 @@ class _Server(cheroot_wsgi.Server):
 
     def note_trouble(self, message: str) -> None:
         """A warning at most once a minute: under attack, the log must not be one."""
-        now = time.monotonic()
-        if now - self._last_note >= _LOG_EVERY_SECONDS:
-            self._last_note = now
+        if self._trouble_notes.due():
             log.warning("http %s: %s", self.name, message)
 
     def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from exporter.intake import TaskIntake
 from exporter.metrics.accounts import AccountsRegistry
 from exporter.model import DEFAULT_ACCOUNT, DiscoveredTask, Status
 from exporter.proxy.accounts import KeyAccounts
+from exporter.store.guard import StoreUnavailable
 
 TWO = [{"name": "team-a", "key_env": "KEY_A"}, {"name": "team-b", "key_env": "KEY_B"}]
 
@@ -296,6 +298,14 @@ def test_several_accounts_have_a_loop_and_labelled_series_each(tmp_path: Path) -
         agent.loops[1].health.last_cycle_end = agent.loops[1].health.last_cycle_end - 1000
         healthy, why = agent.healthy()
         assert not healthy and why.startswith("unhealthy: no poll cycle of account team-b")
+        alive, why = agent.alive()
+        assert not alive and why.endswith("(account team-b)")
+        # A store that fails for good is the store's, not one account's.
+        (tmp_path / "store.db").unlink()
+        with contextlib.suppress(StoreUnavailable):
+            agent.store.add([DiscoveredTask("img_1", "file")], 100.0)
+        alive, why = agent.alive()
+        assert not alive and "was deleted" in why and "(account " not in why
     finally:
         close(agent)
 
