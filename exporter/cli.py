@@ -221,8 +221,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exporter.agent import serve
     from exporter.api.auth import TokenError, read_token
+    from exporter.serve import serve
     from exporter.web.security import load_web_security
 
     source = str(args.config_file)

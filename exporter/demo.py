@@ -126,8 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.agent import serve
     from exporter.config import ConfigError
+    from exporter.serve import serve
     from exporter.web.security import load_web_security
 
     try:

@@ -5,7 +5,7 @@
 - `app.py`         the WSGI app of /api/v1/ (register, list, show, forget tasks)
 - `openapi.py`     the OpenAPI 3 document served at /api/v1/openapi.json
 - `status_page.py` the HTML page at /status
-- `mounts.py`      what `agent.serve` calls: the token from the config, the mounts
+- `mounts.py`      what `serve.serve` calls: the token from the config, the mounts
 
 User documentation: docs/api.md.
 """

@@ -1,4 +1,4 @@
-"""What `agent.serve` mounts on the web server: the task API and the status page."""
+"""What `serve.serve` mounts on the web server: the task API and the status page."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -9,8 +10,24 @@ from typing import Any
 
 import requests
 
+# Ports handed to servers the tests start: below the kernel's ephemeral range
+# (32768 and up by default), where every outgoing connection, of this suite or
+# of another one running beside it, takes its local port. A port from that range
+# could be taken between free_port() and the server's bind.
+_SERVER_PORTS = range(20000, 32000)
+_pick = random.Random()
+
 
 def free_port() -> int:
+    """A loopback port free now, outside the ephemeral range where possible."""
+    for _ in range(50):
+        port = _pick.choice(_SERVER_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
