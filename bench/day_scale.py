@@ -3,7 +3,7 @@
     python -m bench.day_scale
 
 reproduces every figure of docs/benchmarks.md's day-scale section (SQLite,
-then Redis; about 50 minutes on 2 cores). Knobs: `--tasks` (1,500,000),
+then Redis; about 75 minutes on 2 cores). Knobs: `--tasks` (1,500,000),
 `--unfinished` (100,000), `--backend sqlite redis`, `--duty-cycle` and
 `--prune-runs` (SQLite prune runs: each duty cycle, alternated, that many
 times), `--help` for the rest.
@@ -19,8 +19,9 @@ inserted into its tables, so its counts are what `apply` would have left):
 
 - rest: the exporter started on the store (retention 48 h: nothing to prune);
   first HTTP answer and `/-/ready`; `/metrics` p50/p99 over `--scrapes`
-  sequential scrapes; the same while `--clients` clients reload `/status`
-  without pause, and once a second; `/status` p50/p99 as those clients saw
+  sequential scrapes (on one kept-alive connection, as Prometheus scrapes);
+  the same while `--clients` clients reload `/status` without pause, and
+  once a second; `/status` p50/p99 as those clients saw
   it; the task API's filtered list pages (first page and a page deep in, by
   cursor); RSS.
 - prune runs, each on a fresh copy of that file: `--baseline-scrapes` scrapes
