@@ -3,7 +3,7 @@
     python -m bench.day_scale
 
 reproduces every figure of docs/benchmarks.md's day-scale section (SQLite,
-then Redis; about 75 minutes on 2 cores). Knobs: `--tasks` (1,500,000),
+then Redis; about an hour on 2 cores). Knobs: `--tasks` (1,500,000),
 `--unfinished` (100,000), `--backend sqlite redis`, `--duty-cycle` and
 `--prune-runs` (SQLite prune runs: each duty cycle, alternated, that many
 times), `--help` for the rest.
