@@ -314,12 +314,12 @@ class Agent:
         /-/healthy still says 503 for those."""
         # The store is asked once: its state is the same for every loop.
         needs_restart, problem = self.store_guard.needs_restart(), self.store_guard.problem()
-        if needs_restart:  # the store's, not one account's
-            return liveness(needs_restart, problem, self.loops[0].health)
         for loop in self.loops:  # every account's loop must keep running
             alive, why = liveness(needs_restart, problem, loop.health)
             if not alive:
-                return alive, f"{why} (account {loop.name})" if self.config.accounts else why
+                # A store that fails for good is the store's trouble, not this account's.
+                named = self.config.accounts and not needs_restart
+                return alive, f"{why} (account {loop.name})" if named else why
         return True, "Alive"
 
     def ready(self) -> tuple[bool, str]:
