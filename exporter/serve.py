@@ -20,7 +20,7 @@ from exporter.proxy import build_proxy
 from exporter.proxy.accounts import KeyAccounts
 from exporter.web.httpserver import HttpServer
 from exporter.web.security import WebSecurity
-from exporter.web.server import build_app
+from exporter.web.server import build_app, is_scrape_or_health
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,12 @@ def serve(
         app = web_security.wrap(app, own_auth_prefixes=apis.own_auth_prefixes())
         log.info("web: %s", web_security.describe())
     try:
-        web = HttpServer(app, listen_address, tls=web_security.tls if web_security else None)
+        web = HttpServer(
+            app,
+            listen_address,
+            tls=web_security.tls if web_security else None,
+            priority=is_scrape_or_health,
+        )
     except OSError as exc:
         agent.store.close()
         log.error(

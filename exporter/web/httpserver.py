@@ -43,6 +43,7 @@ from cheroot.connections import ConnectionManager
 from cheroot.makefile import MakeFile, StreamReader
 
 from exporter.logsetup import EveryInterval
+from exporter.web.lanes import ScrapesFirst, request_path
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class ServerLimits:
     body_bytes: int = 16 * 1_048_576  # 0: no limit
     body_seconds: float = 60.0  # for the whole body
     backlog: int = 128  # listen() queue
+    # With priority paths: how many worker threads pages may hold at once; the
+    # rest stay free for scrapes and health checks (exporter.web.lanes).
+    page_threads: int = 12
 
 
 class FramingError(ValueError):
@@ -404,15 +408,35 @@ class _Connection(cheroot_server.HTTPConnection):
         self._head_since: float | None = time.monotonic()
         self._handshaken = not isinstance(sock, ssl.SSLSocket)
         self._counted = True
+        self.parked = False  # refused by the lanes: `put_conn` parks it there
+        self.admitted = False  # resumed by the lanes, its page slot already taken
         server.connection_opened()
 
     def communicate(self) -> bool:
-        """Gather the head without blocking; hand a whole one to cheroot."""
+        """Gather the head without blocking; hand a whole one to cheroot when
+        the lanes let it run."""
         state = self._gather()
         if state == _WAIT:
             return True  # back to the selector until more arrives
         if state == _CLOSE:
             return False
+        lanes = self.server.lanes
+        if lanes is None:
+            return self._respond()
+        priority = False
+        if self.admitted:
+            self.admitted = False
+        else:
+            priority = lanes.is_priority(request_path(self.rfile._read_buf))
+            if not lanes.start(priority):
+                self.parked = True
+                return True
+        try:
+            return self._respond()
+        finally:
+            lanes.finish(priority)
+
+    def _respond(self) -> bool:
         self.socket.settimeout(self.server.timeout)
         keep: bool = super().communicate()
         self._head_since = None  # the next head's clock starts at its first byte
@@ -573,7 +597,14 @@ class _TLSAdapter:
 class _Server(cheroot_wsgi.Server):
     ConnectionClass = _Connection
 
-    def __init__(self, bind: tuple[str, int], app: WSGIApp, limits: ServerLimits, name: str):
+    def __init__(
+        self,
+        bind: tuple[str, int],
+        app: WSGIApp,
+        limits: ServerLimits,
+        name: str,
+        priority: Callable[[bytes], bool] | None = None,
+    ):
         super().__init__(
             bind,
             app,
@@ -592,6 +623,11 @@ class _Server(cheroot_wsgi.Server):
         self.open_connections = 0
         self._count_lock = threading.Lock()
         self._trouble_notes = EveryInterval(_LOG_EVERY_SECONDS)
+        self.lanes = (
+            None
+            if priority is None
+            else ScrapesFirst(priority, min(limits.page_threads, limits.threads), self.process_conn)
+        )
 
     def prepare(self) -> None:
         super().prepare()
@@ -608,6 +644,10 @@ class _Server(cheroot_wsgi.Server):
             self.open_connections -= 1
 
     def put_conn(self, conn: Any) -> None:
+        if conn.parked and self.lanes is not None:
+            conn.parked = False
+            self.lanes.park(conn)
+            return
         sock = conn.socket
         if self.ready and isinstance(sock, ssl.SSLSocket) and sock.pending():
             self.process_conn(conn)  # decrypted bytes the selector cannot see
@@ -647,9 +687,12 @@ class HttpServer:
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         name: str = "web",
+        priority: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """`priority(path)`: requests answered first (exporter.web.lanes); None: in
+        arrival order."""
         self.limits = limits or ServerLimits()
-        self._server = _Server(parse_listen_address(address), app, self.limits, name)
+        self._server = _Server(parse_listen_address(address), app, self.limits, name, priority)
         if tls is not None:
             self._server.ssl_adapter = _TLSAdapter(tls)
         self._server.prepare()  # binds and listens now, so errors surface here
@@ -674,4 +717,6 @@ class HttpServer:
 
     def stop(self) -> None:
         self._server.stop()
+        if self._server.lanes is not None:
+            self._server.lanes.close()
         self._thread.join(10)

@@ -18,7 +18,7 @@ from exporter import __version__
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HealthView", "build_app"]
+__all__ = ["HealthView", "build_app", "is_scrape_or_health"]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -42,6 +42,11 @@ class HealthView(Protocol):
     def hint(self) -> str:
         """A line for the landing page, e.g. why there are no task metrics."""
         ...
+
+
+def is_scrape_or_health(path: bytes) -> bool:
+    """The requests the web port answers before pages (exporter.web.lanes)."""
+    return path == b"/metrics" or path.startswith(b"/-/")
 
 
 def build_app(

@@ -217,6 +217,32 @@ def test_slow_clients_hold_no_threads(exporter: ExporterProcess) -> None:
     assert threads(pid) <= baseline + 2
 
 
+def test_slow_page_bodies_leave_scrapes_their_threads(exporter: ExporterProcess) -> None:
+    # More bodies crawling in than the web port has worker threads (16): each
+    # holds one while it reads. Scrapes and health checks have threads of their own.
+    head = (
+        b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{" % TOKEN.encode()
+    )
+    slow = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(head)
+        for path in ("/metrics", "/-/healthy", "/-/ready", "/metrics"):
+            answer = requests.get(f"{exporter.url}{path}", timeout=5)
+            assert answer.status_code == 200, path
+    finally:
+        for sock in slow:
+            sock.close()
+    # The bodies ended short: their threads are free again, and pages are answered.
+    wait_for(
+        lambda: requests.get(f"{exporter.url}/status", timeout=5).status_code == 200,
+        30,
+        "/status once the slow bodies are gone",
+        tolerate=(requests.RequestException,),
+    )
+
+
 # ---- dot segments ------------------------------------------------------------------
 
 
