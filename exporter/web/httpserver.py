@@ -416,11 +416,12 @@ class _Connection(cheroot_server.HTTPConnection):
         """Gather the head without blocking; hand a whole one to cheroot when
         the lanes let it run."""
         state = self._gather()
-        if state == _WAIT:
-            return True  # back to the selector until more arrives
-        if state == _CLOSE:
-            return False
         lanes = self.server.lanes
+        if state != _READY:
+            if self.admitted and lanes is not None:  # resumed, but the client is gone
+                self.admitted = False
+                lanes.finish(priority=False)
+            return state == _WAIT  # _WAIT: back to the selector until more arrives
         if lanes is None:
             return self._respond()
         priority = False
@@ -556,12 +557,14 @@ class _Connections(ConnectionManager):
 
     def _evict_slowest(self) -> bool:
         """Close the waiting connection that has been sending its head the longest
-        (else the longest idle one), so clients that never finish cannot keep a
-        scrape out. Runs in the selector thread, which owns the waiting ones."""
+        (else the longest idle one, else the page parked longest), so clients that
+        never finish cannot keep a scrape out. Runs in the selector thread, which
+        owns the waiting ones."""
         selector: Any = self._selector  # type: ignore[attr-defined]
         waiting = [(fd, conn) for fd, conn in list(selector.connections) if conn is not self.server]
         if not waiting:
-            return False
+            lanes = self.server.lanes
+            return lanes is not None and lanes.evict()
         fd, victim = min(waiting, key=lambda item: item[1].eviction_key())
         selector.unregister(fd)
         victim.close()

@@ -12,7 +12,9 @@ stretches it, however cheap each page is. Admission fixes the order instead:
   fewer than `page_slots` pages are; otherwise its connection is parked,
   holding no thread, and resumed in arrival order when that changes;
 - no page waits longer than `max_wait_seconds`, so a stream of scrapes (or a
-  client that reads a scrape's answer slowly) delays pages, never stops them.
+  client that reads a scrape's answer slowly) delays pages, never stops them;
+- when the server is full, a parked page is closed to make room (after the
+  clients still sending a head and the idle ones): a scrape can always get in.
 
 The connection hands itself over with `park` only after its worker has let go
 of it, and a resumed page already holds its slot (`admitted`), so no
@@ -119,6 +121,15 @@ class ScrapesFirst:
                 ready = self._take(self._clock())
                 self._wake.notify()
         self._hand_over(ready)
+
+    def evict(self) -> bool:
+        """Close the page parked longest, to make room for a new connection."""
+        with self._lock:
+            if not self._parked:
+                return False
+            _, conn = self._parked.popleft()
+        conn.close()
+        return True
 
     def close(self) -> None:
         """Stop: close every parked connection."""

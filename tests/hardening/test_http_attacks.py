@@ -231,6 +231,15 @@ def test_slow_page_bodies_leave_scrapes_their_threads(exporter: ExporterProcess)
         for path in ("/metrics", "/-/healthy", "/-/ready", "/metrics"):
             answer = requests.get(f"{exporter.url}{path}", timeout=5)
             assert answer.status_code == 200, path
+        # Pages wait for a thread, parked; more of them than the port keeps open
+        # (512): the ones parked longest are closed to let a scrape in.
+        for _ in range(520):
+            sock = socket.create_connection(("127.0.0.1", exporter.port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow.append(sock)
+        for path in ("/metrics", "/-/ready"):
+            answer = requests.get(f"{exporter.url}{path}", timeout=5)
+            assert answer.status_code == 200, path
     finally:
         for sock in slow:
             sock.close()

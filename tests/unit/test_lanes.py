@@ -126,6 +126,19 @@ def test_a_page_waits_for_scrapes_at_most_max_wait() -> None:
     first.close()
 
 
+def test_evict_closes_the_page_parked_longest() -> None:
+    first, resumed, _ = lanes()
+    assert not first.evict()
+    assert first.start(priority=True)
+    older, newer = FakeConn("older"), FakeConn("newer")
+    first.park(older)
+    first.park(newer)
+    assert first.evict()
+    assert older.closed and not newer.closed and first.parked == 1
+    first.finish(priority=True)
+    assert resumed == [newer]
+
+
 def test_close_closes_the_waiting_connections() -> None:
     first, resumed, _ = lanes()
     assert first.start(priority=True)
