@@ -20,12 +20,12 @@ from exporter.poller.account import AccountWatcher
 from exporter.poller.adaptive import AdaptiveSchedule
 from exporter.poller.cycle import CycleSettings, DueTasks, PollCycle, StatusFetcher
 from exporter.poller.events import PollListener
-from exporter.poller.handler import OutcomeHandler, TaskWriter
+from exporter.poller.handler import OutcomeHandler
 from exporter.poller.learning import DurationLearning
 from exporter.poller.ratecontrol import RateController
 from exporter.poller.ratelimit import AccountShare, Budget
 from exporter.poller.transitions import PollPolicy
-from exporter.store.base import ModelStatsStore, PollStore
+from exporter.store.base import ModelStatsStore, PollStore, TaskWriter
 from exporter.upstream.client import UpstreamClient
 
 

@@ -20,20 +20,7 @@ from exporter.model import PollOutcome, Status, Task, TaskUpdate
 from exporter.poller.adaptive import AdaptiveSchedule
 from exporter.poller.events import Change, CycleEnd, PollListener
 from exporter.poller.transitions import PollPolicy, decide
-from exporter.store.base import FinishLabels
-
-
-class TaskWriter(Protocol):
-    """What the handler needs of the store: apply one change, once."""
-
-    def apply(
-        self,
-        task_id: str,
-        update: TaskUpdate,
-        now: float,
-        reason: str | None,
-        labels: FinishLabels | None = None,
-    ) -> bool: ...
+from exporter.store.base import FinishLabels, TaskWriter
 
 
 class Classifier(Protocol):

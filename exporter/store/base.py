@@ -40,13 +40,8 @@ class FinishLabels:
     failure_class: str | None = None
 
 
-class PollStore(Protocol):
-    """What the poll loop and the outcome handler use: pick due tasks, store answers."""
-
-    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
-        """Unfinished tasks whose next poll is due, most overdue first; with `account`,
-        only that account's (None: every task, as with one account)."""
-        ...
+class TaskWriter(Protocol):
+    """What the outcome handler uses: store one poll's result, once."""
 
     def apply(
         self,
@@ -60,6 +55,15 @@ class PollStore(Protocol):
 
         A finish with `labels` adds one to those labels' store-wide total in the
         same transaction, so the totals survive any crash."""
+        ...
+
+
+class PollStore(TaskWriter, Protocol):
+    """What the poll loop and the outcome handler use: pick due tasks, store answers."""
+
+    def due(self, now: float, limit: int, account: str | None = None) -> list[Task]:
+        """Unfinished tasks whose next poll is due, most overdue first; with `account`,
+        only that account's (None: every task, as with one account)."""
         ...
 
 
