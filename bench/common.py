@@ -72,10 +72,13 @@ class KeptAliveClient:
     timed is the exporter and loopback, not a client library (requests adds
     about 2 ms a request on this machine, and more of the tail)."""
 
-    def __init__(self, url: str, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str, timeout: float = 120.0, headers: dict[str, str] | None = None
+    ) -> None:
         parts = urlsplit(url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
         self._timeout = timeout
+        self._headers = headers or {}
         self._conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str) -> tuple[int, bytes]:
@@ -87,7 +90,7 @@ class KeptAliveClient:
                     self._host, self._port, timeout=self._timeout
                 )
             try:
-                self._conn.request("GET", path)
+                self._conn.request("GET", path, headers=self._headers)
                 answer = self._conn.getresponse()
                 return answer.status, answer.read()
             except (OSError, http.client.HTTPException):

@@ -266,14 +266,6 @@ def bench_exporter(workdir: Path, sim_url: str, store: dict[str, Any]) -> Export
     return exporter
 
 
-def timed_get(session: requests.Session, url: str, **kwargs: Any) -> float:
-    started = time.perf_counter()
-    answer = session.get(url, timeout=120, **kwargs)
-    took = time.perf_counter() - started
-    assert answer.status_code == 200, (url, answer.status_code, answer.text[:300])
-    return took
-
-
 def scrapes(url: str, count: int, pause: float = 0.02) -> list[float]:
     client = KeptAliveClient(url)
     result = []
@@ -292,9 +284,9 @@ def reload_status(
     done = threading.Event()
 
     def client() -> None:
-        session = requests.Session()
+        pages = KeptAliveClient(url)
         while not done.is_set():
-            seen.append(timed_get(session, f"{url}/status"))
+            seen.append(pages.timed("/status"))
             loading.set()
             if pause:
                 done.wait(pause)
@@ -341,8 +333,7 @@ def requests_sent(url: str) -> float:
 
 
 def api_lists(url: str, deep_after: str) -> list[list[object]]:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {TOKEN}"
+    client = KeptAliveClient(url, headers={"Authorization": f"Bearer {TOKEN}"})
     rows: list[list[object]] = []
     for query in (
         "status=completed",
@@ -354,7 +345,7 @@ def api_lists(url: str, deep_after: str) -> list[list[object]]:
         f"model=veo-3&cursor={deep_after}",
         f"cursor={deep_after}",
     ):
-        times = [timed_get(session, f"{url}/api/v1/tasks?{query}&limit=100") for _ in range(20)]
+        times = [client.timed(f"/api/v1/tasks?{query}&limit=100") for _ in range(20)]
         rows.append([f"`/api/v1/tasks?{query}`", ms(quantile(times, 0.5)), ms(max(times))])
     return rows
 
