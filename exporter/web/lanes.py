@@ -1,8 +1,9 @@
 """Scrapes first: which request of the web port runs now and which waits.
 
-One Python process serves every request, so a flood of page loads (`/status`,
-the task API, the landing page) shares the interpreter with a scrape and
-stretches it, however cheap each page is. Admission fixes the order instead:
+One Python process, with one pool of worker threads, serves every request of
+the web port: pages (`/status`, the task API, the landing page) and scrapes
+share its threads and its interpreter. Admission keeps scrapes and health
+checks ahead of pages:
 
 - a scrape or a health check (`priority` paths, asked without a body) always
   starts at once, on a worker thread that pages cannot all take
