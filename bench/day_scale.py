@@ -350,6 +350,44 @@ def api_lists(url: str, deep_after: str) -> list[list[object]]:
     return rows
 
 
+def web_phase(args: argparse.Namespace, exporter: Exporter, deep_after: str) -> dict[str, Any]:
+    """A started exporter at rest: `/metrics` alone, under an unpaced and a paced
+    `/status` load, the task API's list pages, RSS."""
+    rest = scrapes(exporter.url, args.scrapes)
+    with status_load(exporter.url, args.clients) as pages:
+        loaded = scrapes(exporter.url, args.scrapes)
+    with status_load(exporter.url, args.clients, 1.0) as paced_pages:
+        paced = scrapes(exporter.url, args.scrapes)
+    return {
+        "rest": rest,
+        "lists": api_lists(exporter.url, deep_after),
+        "rss": exporter.rss_bytes(),
+        "rows": [
+            [
+                "`/metrics` p50 / p99 ms at rest",
+                f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
+            ],
+            [
+                f"`/metrics` p50 / p99 ms, {args.clients} clients reloading `/status`"
+                " without pause",
+                f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
+                f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
+            ],
+            [
+                f"`/metrics` p50 / p99 ms, {args.clients} clients reloading `/status` every second",
+                f"{ms(quantile(paced, 0.5)):.1f} / {ms(quantile(paced, 0.99)):.1f}"
+                f" ({quantile(paced, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest;"
+                f" `/status` p99 {ms(quantile(paced_pages, 0.99)):.1f})",
+            ],
+            [
+                "`/status` p50 / p99 ms (the clients without pause)",
+                f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
+                f" ({len(pages)} loads)",
+            ],
+        ],
+    }
+
+
 def log_time(line: str) -> float:
     stamp = line.split(" ", 1)[0]
     return datetime.fromisoformat(stamp).timestamp()
@@ -525,13 +563,7 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
         ready = exporter.start(ready_timeout=600)
         first_answer = exporter.serving_after
         try:
-            rest = scrapes(exporter.url, args.scrapes)
-            with status_load(exporter.url, args.clients) as pages:
-                loaded = scrapes(exporter.url, args.scrapes)
-            with status_load(exporter.url, args.clients, 1.0) as paced_pages:
-                paced = scrapes(exporter.url, args.scrapes)
-            lists = api_lists(exporter.url, deep_after)
-            rss = exporter.rss_bytes()
+            web = web_phase(args, exporter, deep_after)
         finally:
             exporter.stop()
         print(f"sqlite: rest done, ready {ready:.2f} s, load {load()}", flush=True)
@@ -557,28 +589,8 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
             [
                 ["first HTTP answer s", first_answer],
                 ["ready s", ready],
-                ["RSS after the rest phase MB", rss / 2**20],
-                [
-                    "`/metrics` p50 / p99 ms at rest",
-                    f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
-                ],
-                [
-                    f"`/metrics` p50 / p99 ms, {args.clients} clients on `/status`",
-                    f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
-                    f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
-                ],
-                [
-                    f"`/metrics` p50 / p99 ms, {args.clients} clients reloading `/status`"
-                    " every second",
-                    f"{ms(quantile(paced, 0.5)):.1f} / {ms(quantile(paced, 0.99)):.1f}"
-                    f" ({quantile(paced, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest;"
-                    f" `/status` p99 {ms(quantile(paced_pages, 0.99)):.1f})",
-                ],
-                [
-                    "`/status` p50 / p99 ms (as those clients saw it)",
-                    f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
-                    f" ({len(pages)} loads)",
-                ],
+                ["RSS after the rest phase MB", web["rss"] / 2**20],
+                *web["rows"],
             ],
         )
     )
@@ -588,7 +600,7 @@ def run_sqlite(args: argparse.Namespace, workdir: Path) -> str:
     )
     out.append(table(PRUNE_HEADER, prune_rows(runs)))
     out.append("\nTask API list pages (limit 100, 20 requests each):\n")
-    out.append(table(["query", "p50 ms", "max ms"], lists))
+    out.append(table(["query", "p50 ms", "max ms"], web["lists"]))
     out.append(
         f"\nOld queries against today's methods, in-process on the same file "
         f"(after the last prune: {pruned_total:,} tasks):\n"
@@ -839,11 +851,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         ready = exporter.start(ready_timeout=600)
         first_answer = exporter.serving_after
         try:
-            rest = scrapes(exporter.url, args.scrapes)
-            with status_load(exporter.url, args.clients) as pages:
-                loaded = scrapes(exporter.url, args.scrapes)
-            lists = api_lists(exporter.url, deep_after)
-            rss = exporter.rss_bytes()
+            web = web_phase(args, exporter, deep_after)
         finally:
             exporter.stop()
         print(f"redis: HTTP done, load {load()}", flush=True)
@@ -870,21 +878,8 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         [f"memory for the day ({args.tasks:,} tasks) MB", day_bytes / 2**20],
         ["seeding s (restore, pipelined; unfinished ones created on the simulator)", seeded],
         ["first HTTP answer / ready s", f"{first_answer:.2f} / {ready:.2f}"],
-        ["RSS of the exporter MB", rss / 2**20],
-        [
-            "`/metrics` p50 / p99 ms at rest",
-            f"{ms(quantile(rest, 0.5)):.1f} / {ms(quantile(rest, 0.99)):.1f}",
-        ],
-        [
-            f"`/metrics` p50 / p99 ms, {args.clients} clients reloading `/status`",
-            f"{ms(quantile(loaded, 0.5)):.1f} / {ms(quantile(loaded, 0.99)):.1f}"
-            f" ({quantile(loaded, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest)",
-        ],
-        [
-            "`/status` p50 / p99 ms (as those clients saw it)",
-            f"{ms(quantile(pages, 0.5)):.1f} / {ms(quantile(pages, 0.99)):.1f}"
-            f" ({len(pages)} loads)",
-        ],
+        ["RSS of the exporter MB", web["rss"] / 2**20],
+        *web["rows"],
         [
             f"start-up prune of {found['pruned']:,} finished tasks s"
             f" ({PRUNE_BATCH} a script, duty cycle {PRUNE_DUTY_CYCLE})",
@@ -895,7 +890,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
             f"`/metrics` during that prune: {len(window)} scrapes, p50 / p99 / longest ms",
             f"{ms(quantile(window, 0.5)):.1f} / {ms(quantile(window, 0.99)):.1f} / "
             f"{ms(max(window, default=0)):.1f}"
-            f" ({quantile(window, 0.99) / quantile(rest, 0.99):.2f}x p99 at rest;"
+            f" ({quantile(window, 0.99) / quantile(web['rest'], 0.99):.2f}x p99 at rest;"
             f" load {prune_load})",
         ],
         ["memory after the prune MB", after_prune / 2**20],
@@ -904,7 +899,7 @@ def run_redis(args: argparse.Namespace, workdir: Path) -> str:
         f"Redis ({args.tasks:,} tasks):\n\n"
         + table(["", "value"], rows)
         + "\n\nTask API list pages through HTTP (limit 100, 20 requests each):\n\n"
-        + table(["query", "p50 ms", "max ms"], lists)
+        + table(["query", "p50 ms", "max ms"], web["lists"])
         + f"\n\nThe poll path in-process, {args.poll_batches} batches of 50 at"
         f" {args.tasks:,} tasks:\n\n"
         + table(["", "p50 ms", "p99 ms", "max ms"], polls)
