@@ -165,16 +165,14 @@ class ScrapesFirst:
             with self._lock:
                 if self._closed:
                     return
-                if self._parked:
-                    left = self._parked[0][0] + self.max_wait_seconds - self._clock()
-                    if left <= 0:
-                        ready = self._take(self._clock())
-                        if not ready:  # every page slot is busy: a finish resumes it
-                            self._wake.wait(self.max_wait_seconds)
-                    else:
-                        ready = []
-                        self._wake.wait(left)
-                else:
-                    ready = []
+                if not self._parked:
                     self._wake.wait()
+                    continue
+                left = self._parked[0][0] + self.max_wait_seconds - self._clock()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                ready = self._take(self._clock())
+                if not ready:  # every page slot is busy: a finish resumes it
+                    self._wake.wait(self.max_wait_seconds)
             self._hand_over(ready)
