@@ -43,7 +43,7 @@ from cheroot.connections import ConnectionManager
 from cheroot.makefile import MakeFile, StreamReader
 
 from exporter.logsetup import EveryInterval
-from exporter.web.lanes import ScrapesFirst, request_path
+from exporter.web.lanes import ScrapesFirst
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ class _Connection(cheroot_server.HTTPConnection):
         if self.admitted:
             self.admitted = False
         else:
-            priority = lanes.is_priority(request_path(self.rfile._read_buf))
+            priority = lanes.priority(self.rfile._read_buf)
             if not lanes.start(priority):
                 self.parked = True
                 return True

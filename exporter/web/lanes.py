@@ -68,7 +68,7 @@ class ScrapesFirst:
         """`resume(conn)` queues a parked connection for a worker again."""
         if page_slots < 1:
             raise ValueError("page_slots must be at least 1")
-        self.is_priority = is_priority
+        self._is_priority = is_priority
         self.page_slots = page_slots
         self.max_wait_seconds = max_wait_seconds
         self._resume = resume
@@ -84,6 +84,11 @@ class ScrapesFirst:
     @property
     def parked(self) -> int:
         return len(self._parked)
+
+    def priority(self, head: bytes) -> bool:
+        """Whether a whole request head (and whatever follows it) is a scrape or a
+        health check: the `priority` of its `start` and `finish`."""
+        return self._is_priority(request_path(head))
 
     def start(self, priority: bool) -> bool:
         """Whether a request may run now; if so it counts until `finish(priority)`."""

@@ -62,6 +62,14 @@ def test_request_path(head: bytes, path: bytes) -> None:
     assert request_path(head) == path
 
 
+def test_a_head_is_a_scrape_or_health_check_by_its_path() -> None:
+    first, _, _ = lanes()
+    assert first.priority(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert first.priority(b"GET /-/ready HTTP/1.1\r\n\r\n")
+    assert not first.priority(b"GET /status HTTP/1.1\r\n\r\n")
+    assert not first.priority(b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+
+
 def test_scrapes_always_start_and_pages_take_at_most_their_slots() -> None:
     first, resumed, _ = lanes(slots=2)
     assert first.start(priority=False) and first.start(priority=False)
